@@ -1,0 +1,268 @@
+"""Operators of the unified space: the blocks of MetaNet and UniNet, and UniNet's downsampling modules.
+
+Every block maps an NCHW tensor to an NCHW tensor, so stages can mix convolution and transformer
+blocks freely; attention blocks flatten to tokens inside. Layer order, bias flags and shortcuts follow
+the released MetaNet (gv-benchmark) and UniNet code so that the presets reproduce their sizes.
+Every attention operator goes through :func:`metanet.kernels.attention`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+from timm.layers import DropPath, LayerScale, Mlp, SqueezeExcite, make_divisible, trunc_normal_
+
+from metanet.kernels import attention
+
+LAYER_SCALE_INIT = 1e-6
+
+
+def to_tokens(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(2).transpose(1, 2)
+
+
+def to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+
+
+def se_channels(channels: int) -> int:
+    # MetaNet squeezes by 4 and rounds to a multiple of 8 (never down by more than 10%).
+    return make_divisible(channels // 4, 8)
+
+
+def squeeze_excite(channels: int) -> nn.Module:
+    return SqueezeExcite(channels, rd_channels=se_channels(channels), act_layer=nn.ReLU, gate_layer="hard_sigmoid")
+
+
+def strided_shortcut(cin: int, cout: int, stride: int) -> nn.Module:
+    """MetaNet's shortcut when the shape changes: max-pool for the stride, 1x1 conv for the width."""
+    return nn.Sequential(nn.MaxPool2d(3, stride, 1), nn.Conv2d(cin, cout, 1))
+
+
+class MBConv(nn.Module):
+    """Expand 1x1, depthwise 3x3, squeeze-excitation, project 1x1 (MetaNet MBConv3x3 / UniNet DWConvBlock)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, expand: float = 4, drop_path: float = 0.0, **_):
+        super().__init__()
+        hidden = int(cin * expand)
+        self.shortcut = nn.Identity() if cin == cout and stride == 1 else strided_shortcut(cin, cout, stride)
+        self.expand = None
+        if cin != hidden or stride != 1:
+            self.expand = nn.Sequential(nn.BatchNorm2d(cin), nn.Conv2d(cin, hidden, 1, bias=False),
+                                        nn.BatchNorm2d(hidden), nn.GELU())
+        self.conv_dw = nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False)
+        self.bn_dw = nn.BatchNorm2d(hidden)
+        self.act = nn.GELU()
+        self.se = squeeze_excite(hidden)
+        self.conv_pw = nn.Conv2d(hidden, cout, 1)
+        self.bn_pw = nn.BatchNorm2d(cout)
+        nn.init.zeros_(self.bn_pw.weight)  # the block starts as its shortcut
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x):
+        shortcut = self.shortcut(x)
+        if self.expand is not None:
+            x = self.expand(x)
+        x = self.se(self.act(self.bn_dw(self.conv_dw(x))))
+        x = self.bn_pw(self.conv_pw(x))
+        return shortcut + self.drop_path(x)
+
+
+class FusedMBConv(nn.Module):
+    """A full 3x3 conv replaces MBConv's expand + depthwise pair (MetaNet FusedMBConv3x3)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, expand: float = 4, drop_path: float = 0.0, **_):
+        super().__init__()
+        hidden = int(cin * expand)
+        self.shortcut = nn.Identity() if cin == cout and stride == 1 else strided_shortcut(cin, cout, stride)
+        self.conv_exp = None
+        if cin != hidden:
+            self.conv_exp = nn.Sequential(nn.BatchNorm2d(cin), nn.Conv2d(cin, hidden, 3, stride, 1, bias=False),
+                                          nn.BatchNorm2d(hidden), nn.GELU())
+        self.se = squeeze_excite(hidden)
+        # Without an expansion the projection is the 3x3 conv and carries the stride.
+        k, s = (1, 1) if self.conv_exp is not None else (3, stride)
+        self.conv_pw = nn.Conv2d(hidden, cout, k, s, k // 2)
+        self.bn_pw = nn.BatchNorm2d(cout)
+        nn.init.zeros_(self.bn_pw.weight)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x):
+        shortcut = self.shortcut(x)
+        if self.conv_exp is not None:
+            x = self.conv_exp(x)
+        x = self.bn_pw(self.conv_pw(self.se(x)))
+        return shortcut + self.drop_path(x)
+
+
+class RelPosBias(nn.Module):
+    """A learned relative-position bias per head for global attention on an (h, w) grid.
+
+    The table is sized for the grid at the build resolution and resized bicubically when the model
+    runs at another resolution, so one set of weights serves every input size.
+    """
+
+    def __init__(self, num_heads: int, grid: tuple[int, int]):
+        super().__init__()
+        self.grid = tuple(grid)
+        gh, gw = self.grid
+        self.table = nn.Parameter(torch.zeros(num_heads, 2 * gh - 1, 2 * gw - 1))
+        trunc_normal_(self.table, std=0.02)
+        self.register_buffer("index", self._index(gh, gw), persistent=False)
+
+    @staticmethod
+    def _index(h: int, w: int, device=None) -> torch.Tensor:
+        ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+        ys, xs = ys.flatten(), xs.flatten()
+        dy = ys[:, None] - ys[None, :] + h - 1
+        dx = xs[:, None] - xs[None, :] + w - 1
+        return dy * (2 * w - 1) + dx
+
+    def forward(self, h: int, w: int) -> torch.Tensor:
+        table = self.table
+        if (h, w) == self.grid:
+            index = self.index
+        else:
+            table = F.interpolate(table[None], size=(2 * h - 1, 2 * w - 1), mode="bicubic", align_corners=False)[0]
+            index = self._index(h, w, device=table.device)
+        return table.flatten(1)[:, index]  # (heads, N, N)
+
+
+class MultiHeadAttention(nn.Module):
+    """Global multi-head self-attention over tokens; the projection may change the width."""
+
+    def __init__(self, dim: int, out_dim: int, head_dim: int, rel_pos_grid: tuple[int, int] | None = None):
+        super().__init__()
+        self.num_heads = dim // head_dim
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, out_dim)
+        self.rel_pos = RelPosBias(self.num_heads, rel_pos_grid) if rel_pos_grid else None
+
+    def forward(self, x, h: int, w: int):
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
+        bias = self.rel_pos(h, w) if self.rel_pos is not None else None
+        x = attention(q, k, v, bias=bias)
+        return self.proj(rearrange(x, "b h n d -> b n (h d)"))
+
+
+class CrossCovarianceAttention(nn.Module):
+    """XCA (XCiT): a d x d attention map per head across channels, linear in the token count.
+
+    Written as ordinary attention on transposed operands: channels are the "sequence" and tokens the
+    "feature" axis; the learned per-head temperature is folded into the normalised queries.
+    """
+
+    def __init__(self, dim: int, out_dim: int, head_dim: int, rel_pos_grid=None):
+        super().__init__()
+        self.num_heads = dim // head_dim
+        self.temperature = nn.Parameter(torch.ones(self.num_heads, 1, 1))
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, out_dim)
+
+    def forward(self, x, h: int, w: int):
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h d n", three=3, h=self.num_heads)
+        q = F.normalize(q, dim=-1) * self.temperature
+        k = F.normalize(k, dim=-1)
+        x = attention(q, k, v, scale=1.0)
+        return self.proj(rearrange(x, "b h d n -> b n (h d)"))
+
+
+class TransformerBlock(nn.Module):
+    """MetaNet SABlock / XCA Block and UniNet AttentionBlock.
+
+    At constant shape: positional encoding, pre-norm attention and MLP, each with LayerScale.
+    When the block changes stride or width (``dsm='block'``): norm, max-pool, attention whose
+    projection sets the new width, against a max-pool + 1x1 shortcut, without an MLP (MetaNet).
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, expand: float = 4, head_dim: int = 32,
+                 drop_path: float = 0.0, mixer: str = "attention", rel_pos_grid: tuple[int, int] | None = None, **_):
+        super().__init__()
+        self.reduce = stride != 1 or cin != cout
+        self.pos_embed = None if rel_pos_grid else nn.Conv2d(cin, cin, 3, 1, 1, groups=cin)
+        self.norm1 = nn.LayerNorm(cin)
+        attn_cls = CrossCovarianceAttention if mixer == "xca" else MultiHeadAttention
+        self.attn = attn_cls(cin, cout, head_dim, rel_pos_grid=rel_pos_grid)
+        self.ls1 = LayerScale(cout, LAYER_SCALE_INIT)
+        if self.reduce:
+            self.pool = nn.MaxPool2d(3, stride, 1)
+            self.shortcut = strided_shortcut(cin, cout, stride)
+        else:
+            self.norm2 = nn.LayerNorm(cin)
+            self.mlp = Mlp(cin, int(cin * expand), act_layer=nn.GELU)
+            self.ls2 = LayerScale(cout, LAYER_SCALE_INIT)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x):
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(x)
+        if self.reduce:
+            shortcut = self.shortcut(x)
+            _, _, h, w = shortcut.shape
+            y = to_map(self.norm1(to_tokens(x)), x.shape[2], x.shape[3])
+            y = self.attn(to_tokens(self.pool(y)), h, w)
+            return shortcut + to_map(self.ls1(y), h, w)
+        _, _, h, w = x.shape
+        t = to_tokens(x)
+        t = t + self.drop_path(self.ls1(self.attn(self.norm1(t), h, w)))
+        t = t + self.drop_path(self.ls2(self.mlp(self.norm2(t))))
+        return to_map(t, h, w)
+
+
+class LocalDSM(nn.Module):
+    """UniNet L-DSM: strided depthwise 3x3 + BN + 1x1, against a max-pool + 1x1 shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 2, **_):
+        super().__init__()
+        self.shortcut = strided_shortcut(cin, cout, stride) if stride > 1 else nn.Conv2d(cin, cout, 1)
+        self.local = nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin), nn.BatchNorm2d(cin),
+                                   nn.Conv2d(cin, cout, 1))
+
+    def forward(self, x):
+        return self.local(x) + self.shortcut(x)
+
+
+class LocalGlobalDSM(nn.Module):
+    """UniNet LG-DSM: queries from the strided local path, keys and values from every input token."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 2, head_dim: int = 32, **_):
+        super().__init__()
+        self.num_heads = cout // head_dim
+        self.shortcut = strided_shortcut(cin, cout, stride) if stride > 1 else nn.Conv2d(cin, cout, 1)
+        self.q = nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin), nn.BatchNorm2d(cin),
+                               nn.Conv2d(cin, cout, 1))
+        self.q_norm = nn.LayerNorm(cout)
+        self.kv_norm = nn.LayerNorm(cin)
+        self.kv = nn.Linear(cin, cout * 2)
+        self.proj = nn.Linear(cout, cout)
+
+    def forward(self, x):
+        shortcut = self.shortcut(x)
+        _, _, h, w = shortcut.shape
+        q = rearrange(self.q_norm(to_tokens(self.q(x))), "b n (h d) -> b h n d", h=self.num_heads)
+        k, v = rearrange(self.kv(self.kv_norm(to_tokens(x))), "b n (two h d) -> two b h n d", two=2, h=self.num_heads)
+        y = rearrange(attention(q, k, v), "b h n d -> b n (h d)")
+        return shortcut + to_map(self.proj(y), h, w)
+
+
+def make_block(op: str, cin: int, cout: int, stride: int, expand: float, head_dim: int,
+               drop_path: float, grid: tuple[int, int]) -> nn.Module:
+    """One block of operator ``op``; ``grid`` is its output token grid at the build resolution."""
+    if op == "mbconv":
+        return MBConv(cin, cout, stride, expand, drop_path)
+    if op == "fused_mbconv":
+        return FusedMBConv(cin, cout, stride, expand, drop_path)
+    if op in ("attention", "attention_rpb", "xca"):
+        return TransformerBlock(cin, cout, stride, expand, head_dim, drop_path,
+                                mixer="xca" if op == "xca" else "attention",
+                                rel_pos_grid=grid if op == "attention_rpb" else None)
+    raise ValueError(f"unknown operator {op!r}")
+
+
+def make_downsample(dsm: str, cin: int, cout: int, stride: int, head_dim: int) -> nn.Module:
+    if dsm == "local":
+        return LocalDSM(cin, cout, stride)
+    if dsm == "local_global":
+        return LocalGlobalDSM(cin, cout, stride, head_dim)
+    raise ValueError(f"unknown downsampling module {dsm!r}")

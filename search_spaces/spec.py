@@ -1,0 +1,231 @@
+"""The architecture spec: a frozen, JSON-serialisable sample of the unified space.
+
+A spec names every choice by its label (``stem_width``, ``head_dim``, ``s3_op`` ...),
+the same labels the NNI model space uses, plus a format ``version``. Building a
+model from a spec needs only torch and timm, never NNI.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+FORMAT_VERSION = 1
+
+# The MetaNet / UniNet skeleton: six stages after a stride-2 stem.
+STRIDES = (1, 2, 2, 2, 1, 2)
+NUM_STAGES = len(STRIDES)
+HEAD_WIDTH = 1280
+
+CONV_OPS = ("mbconv", "fused_mbconv")
+# attention: global MHSA + MLP with a 3x3 depthwise conv positional encoding (MetaNet SABlock,
+# UniNet AttentionBlock); attention_rpb: the same block with a learned relative-position bias
+# instead of the conv encoding; xca: cross-covariance attention (MetaNet-B15).
+ATTENTION_OPS = ("attention", "attention_rpb", "xca")
+OPS = CONV_OPS + ATTENTION_OPS
+# block: the first block of the stage carries stride and width change (MetaNet);
+# local: L-DSM (UniNet); local_global: LG-DSM, attention stages only (UniNet).
+DSMS = ("block", "local", "local_global")
+
+STAGE_FIELDS = ("op", "depth", "width", "expand", "dsm")
+GLOBAL_FIELDS = ("stem_width", "head_dim")
+
+
+class SpecError(ValueError):
+    """An architecture spec that cannot be built; the message names the field."""
+
+
+def stage_key(index: int, field: str) -> str:
+    return f"s{index}_{field}"
+
+
+def spec_keys() -> tuple[str, ...]:
+    """Every label a spec holds, in a stable order (without ``version``)."""
+    keys = list(GLOBAL_FIELDS)
+    for i in range(NUM_STAGES):
+        keys.extend(stage_key(i, f) for f in STAGE_FIELDS)
+    return tuple(keys)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    op: str
+    depth: int
+    width: int
+    expand: float
+    dsm: str
+
+    @property
+    def is_attention(self) -> bool:
+        return self.op in ATTENTION_OPS
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One architecture of the unified space. Create with :meth:`from_dict` to validate."""
+
+    stem_width: int
+    head_dim: int
+    stages: tuple[StageSpec, ...]
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        problem = _structural_problem(self)
+        if problem is not None:
+            raise SpecError(problem)
+
+    # -- conversions --------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": self.version, "stem_width": self.stem_width, "head_dim": self.head_dim}
+        for i, st in enumerate(self.stages):
+            for f in STAGE_FIELDS:
+                value = getattr(st, f)
+                if f == "expand" and float(value).is_integer():
+                    value = int(value)
+                out[stage_key(i, f)] = value
+        return out
+
+    def to_sample(self) -> dict[str, Any]:
+        """The NNI sample for this spec (the labels, no version)."""
+        d = self.to_dict()
+        d.pop("version")
+        return d
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(self.to_json() + "\n")
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "spec") -> "ArchSpec":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ArchSpec":
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise SpecError(f"{path}: cannot read spec ({exc.strerror})") from None
+        return cls.from_json(text, source=str(path))
+
+    @classmethod
+    def from_sample(cls, sample: Mapping[str, Any]) -> "ArchSpec":
+        """Build from an NNI sample: keys outside the spec (e.g. NNI constraint labels) are ignored."""
+        known = set(spec_keys())
+        data = {k: v for k, v in sample.items() if k in known}
+        data["version"] = FORMAT_VERSION
+        return cls.from_dict(data, source="sample")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "spec") -> "ArchSpec":
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        version = data.get("version")
+        if version is None:
+            raise SpecError(f"{source}: missing key 'version'")
+        if version != FORMAT_VERSION or isinstance(version, bool):
+            raise SpecError(f"{source}: version: unsupported spec version {version!r} (this metanet reads {FORMAT_VERSION})")
+        expected = set(spec_keys())
+        missing = [k for k in spec_keys() if k not in data]
+        if missing:
+            raise SpecError(f"{source}: missing key{'s' if len(missing) > 1 else ''} {', '.join(repr(k) for k in missing)}")
+        extra = sorted(k for k in data if k not in expected and k != "version")
+        if extra:
+            raise SpecError(f"{source}: unknown key{'s' if len(extra) > 1 else ''} {', '.join(repr(k) for k in extra)}")
+        stem = _positive_int(data, "stem_width", source)
+        head_dim = _positive_int(data, "head_dim", source)
+        stages = []
+        for i in range(NUM_STAGES):
+            op = _member(data, stage_key(i, "op"), OPS, source)
+            depth = _positive_int(data, stage_key(i, "depth"), source)
+            width = _positive_int(data, stage_key(i, "width"), source)
+            expand = _positive_number(data, stage_key(i, "expand"), source)
+            dsm = _member(data, stage_key(i, "dsm"), DSMS, source)
+            stages.append(StageSpec(op, depth, width, expand, dsm))
+        try:
+            return cls(stem_width=stem, head_dim=head_dim, stages=tuple(stages), version=version)
+        except SpecError as exc:
+            raise SpecError(f"{source}: {exc}") from None
+
+    # -- derived facts ------------------------------------------------------------
+    def stage_in_width(self, index: int) -> int:
+        return self.stem_width if index == 0 else self.stages[index - 1].width
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        return tuple(s.op for s in self.stages)
+
+    def describe(self) -> str:
+        parts = [f"stem {self.stem_width}, head_dim {self.head_dim}"]
+        for i, s in enumerate(self.stages):
+            parts.append(f"s{i} {s.op}x{s.depth} w{s.width} e{s.expand:g} {s.dsm}")
+        return "; ".join(parts)
+
+
+def stage_grids(img_size: int | tuple[int, int]) -> list[tuple[int, int]]:
+    """Feature-map size after the stem and after each stage for a given input size."""
+    h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    h, w = math.ceil(h / 2), math.ceil(w / 2)
+    grids = [(h, w)]
+    for s in STRIDES:
+        h, w = math.ceil(h / s), math.ceil(w / s)
+        grids.append((h, w))
+    return grids
+
+
+def _positive_int(data, key, source):
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise SpecError(f"{source}: {key}: expected a positive integer, got {value!r}")
+    if value <= 0:
+        raise SpecError(f"{source}: {key}: must be positive, got {value}")
+    return int(value)
+
+
+def _positive_number(data, key, source):
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise SpecError(f"{source}: {key}: expected a positive number, got {value!r}")
+    if value <= 0:
+        raise SpecError(f"{source}: {key}: must be positive, got {value}")
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _member(data, key, allowed, source):
+    value = data[key]
+    if value not in allowed or not isinstance(value, str):
+        kind = "operator" if key.endswith("_op") else "downsampling module"
+        raise SpecError(f"{source}: {key}: unknown {kind} {value!r} (expected one of {', '.join(allowed)})")
+    return value
+
+
+def _structural_problem(spec: ArchSpec) -> str | None:
+    """Constraints that span fields; returns a message naming the field, or None."""
+    if len(spec.stages) != NUM_STAGES:
+        return f"stages: expected {NUM_STAGES} stages, got {len(spec.stages)}"
+    hd = spec.head_dim
+    for i, st in enumerate(spec.stages):
+        cin = spec.stage_in_width(i)
+        if st.dsm == "local_global" and not st.is_attention:
+            return f"{stage_key(i, 'dsm')}: LG-DSM ('local_global') needs an attention stage, but {stage_key(i, 'op')} is {st.op!r}"
+        if st.is_attention:
+            if st.width % hd:
+                return f"{stage_key(i, 'width')}: {st.width} channels are not divisible by head_dim {hd}"
+            if st.dsm == "block" and cin % hd:
+                # MetaNet's strided attention block attends over its input channels.
+                src = "stem_width" if i == 0 else stage_key(i - 1, "width")
+                return (f"{stage_key(i, 'dsm')}: 'block' downsampling attends over the {cin} input channels "
+                        f"({src}), not divisible by head_dim {hd}; use 'local' or 'local_global'")
+        if int(cin * st.expand) < 1 or int(st.width * st.expand) < 1:
+            return f"{stage_key(i, 'expand')}: expansion {st.expand} leaves no hidden channels"
+    return None

@@ -1,0 +1,231 @@
+"""The unified search space: the choices per stage, sampling, and the space's FLOP range.
+
+This module is plain Python (no NNI): the CLI and the FLOP screen use it directly. The NNI
+``ModelSpace`` over the same labels lives in :mod:`metanet.search_spaces.nni_space`.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from .estimate import Cost, estimate, head_cost, stage_cost
+from .spec import (ATTENTION_OPS, CONV_OPS, DSMS, FORMAT_VERSION, GLOBAL_FIELDS, NUM_STAGES, STAGE_FIELDS, ArchSpec,
+                   SpecError, StageSpec, stage_grids, stage_key)
+
+ALL_OPS = CONV_OPS + ATTENTION_OPS
+
+
+def _per_stage(*values):
+    return tuple(tuple(v) for v in values)
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """Choice lists of the unified space. Numeric lists are sorted ascending."""
+
+    stem_width: tuple[int, ...] = (16, 24, 32, 48, 64)
+    head_dim: tuple[int, ...] = (32, 48, 64)
+    # Global attention on the 112x112 map of stage 0 (12544 tokens) is out of reach: conv only there.
+    op: tuple[tuple[str, ...], ...] = (CONV_OPS,) + (ALL_OPS,) * 5
+    depth: tuple[tuple[int, ...], ...] = _per_stage((1, 2, 3, 4), (1, 2, 3, 4, 6), (2, 3, 4, 6, 8, 12),
+                                                    (2, 3, 4, 6, 8, 12), (2, 3, 4, 6, 8, 12), (4, 6, 8, 12, 16, 24))
+    width: tuple[tuple[int, ...], ...] = _per_stage((16, 24, 32, 48, 64), (32, 48, 64, 96, 128),
+                                                    (64, 80, 96, 128, 160, 192), (96, 128, 160, 192, 256, 384),
+                                                    (128, 192, 256, 384), (192, 256, 384, 512, 768))
+    expand: tuple[tuple[int, ...], ...] = ((1, 2, 4),) + ((2, 3, 4, 5, 6),) * 5
+    dsm: tuple[tuple[str, ...], ...] = (("block", "local"),) + (DSMS,) * 5
+    name: str = "unified"
+
+    def choices(self) -> dict[str, list[Any]]:
+        """Label -> candidate values, in spec order: the NNI mutables of the space."""
+        out: dict[str, list[Any]] = {"stem_width": list(self.stem_width), "head_dim": list(self.head_dim)}
+        for i in range(NUM_STAGES):
+            for f in STAGE_FIELDS:
+                out[stage_key(i, f)] = list(getattr(self, f)[i])
+        return out
+
+    def raw_size(self) -> int:
+        """Number of combinations before the validity constraints."""
+        return math.prod(len(v) for v in self.choices().values())
+
+    def contains(self, spec: ArchSpec) -> str | None:
+        """None if ``spec`` is a point of this space, else a message naming the first field outside it."""
+        for label, values in self.choices().items():
+            value = spec.to_sample()[label]
+            if value not in values:
+                return f"{label}: {value!r} is not a choice of space '{self.name}' ({values})"
+        return None
+
+    # -- sampling -----------------------------------------------------------------
+    def random_spec(self, rng: random.Random, max_tries: int = 10000) -> ArchSpec:
+        """A uniformly drawn valid architecture (rejection on the validity constraints)."""
+        for _ in range(max_tries):
+            sample = {label: rng.choice(values) for label, values in self.choices().items()}
+            spec = try_spec(sample)
+            if spec is not None:
+                return spec
+        raise RuntimeError(f"space '{self.name}': no valid architecture in {max_tries} draws")
+
+    def flops_range(self, resolution: int = 224, num_classes: int = 1000) -> tuple[int, int]:
+        """Exact smallest and largest FLOPs of a valid architecture of this space."""
+        return _flops_range(self, resolution, num_classes)
+
+    def valid_size(self) -> int:
+        """Number of valid architectures (the constraints applied), counted exactly."""
+        return _valid_size(self)
+
+
+DEFAULT_SPACE = SpaceConfig()
+SPACES = {"unified": DEFAULT_SPACE}
+
+
+def try_spec(sample: dict[str, Any]) -> ArchSpec | None:
+    try:
+        return ArchSpec.from_sample(sample)
+    except SpecError:
+        return None
+
+
+def get_space(name: str) -> SpaceConfig:
+    if name not in SPACES:
+        raise KeyError(f"unknown search space {name!r} (known: {', '.join(SPACES)})")
+    return SPACES[name]
+
+
+def _stage_valid(op, dsm, width, cin, head_dim) -> bool:
+    if dsm == "local_global" and op not in ATTENTION_OPS:
+        return False
+    if op in ATTENTION_OPS:
+        if width % head_dim:
+            return False
+        if dsm == "block" and cin % head_dim:
+            return False
+    return True
+
+
+def _stage_options(space: SpaceConfig, i: int, cin: int, head_dim: int):
+    """Valid (op, dsm, width, expand) of stage i for a given input width and head_dim."""
+    for op in space.op[i]:
+        for dsm in space.dsm[i]:
+            for width in space.width[i]:
+                if not _stage_valid(op, dsm, width, cin, head_dim):
+                    continue
+                for e in space.expand[i]:
+                    yield op, dsm, width, e
+
+
+@lru_cache(maxsize=32)
+def _flops_range(space: SpaceConfig, resolution: int, num_classes: int) -> tuple[int, int]:
+    grids = stage_grids(resolution)
+    hw_stem = grids[0][0] * grids[0][1]
+    best_lo, best_hi = math.inf, -math.inf
+    for head_dim in space.head_dim:
+        # DP over stages; state = the previous stage's width (the next stage's input).
+        lo: dict[int, float] = {}
+        hi: dict[int, float] = {}
+        for stem in space.stem_width:
+            c = 3 * stem * 9 * hw_stem + 2 * stem * hw_stem
+            lo[stem] = min(lo.get(stem, math.inf), c)
+            hi[stem] = max(hi.get(stem, -math.inf), c)
+        for i in range(NUM_STAGES):
+            nlo: dict[int, float] = {}
+            nhi: dict[int, float] = {}
+            for cin in lo:
+                for op, dsm, width, e in _stage_options(space, i, cin, head_dim):
+                    dmin, dmax = space.depth[i][0], space.depth[i][-1]
+                    fmin = stage_cost(i, StageSpec(op, dmin, width, e, dsm), cin, head_dim, grids, grids).flops
+                    fmax = stage_cost(i, StageSpec(op, dmax, width, e, dsm), cin, head_dim, grids, grids).flops
+                    nlo[width] = min(nlo.get(width, math.inf), lo[cin] + fmin)
+                    nhi[width] = max(nhi.get(width, -math.inf), hi[cin] + fmax)
+            lo, hi = nlo, nhi
+        hw = grids[-1][0] * grids[-1][1]
+        for w in lo:
+            head = head_cost(w, hw, num_classes).flops
+            best_lo = min(best_lo, lo[w] + head)
+            best_hi = max(best_hi, hi[w] + head)
+    return int(best_lo), int(best_hi)
+
+
+@lru_cache(maxsize=8)
+def _valid_size(space: SpaceConfig) -> int:
+    total = 0
+    for head_dim in space.head_dim:
+        counts = {stem: 1 for stem in space.stem_width}
+        for i in range(NUM_STAGES):
+            nxt: dict[int, int] = {}
+            for cin, n in counts.items():
+                for _op, _dsm, width, _e in _stage_options(space, i, cin, head_dim):
+                    nxt[width] = nxt.get(width, 0) + n * len(space.depth[i])
+            counts = nxt
+        total += sum(counts.values())
+    return total
+
+
+# -- sampling within a FLOP budget ------------------------------------------------
+
+def _neighbours(space: SpaceConfig, sample: dict[str, Any], label: str):
+    """One step along a numeric choice, or any other value of a categorical one."""
+    values = space.choices()[label]
+    if label.endswith(("_op", "_dsm")):
+        return [v for v in values if v != sample[label]]
+    idx = values.index(sample[label])
+    return [values[j] for j in (idx - 1, idx + 1) if 0 <= j < len(values)]
+
+
+def sample_within_budget(space: SpaceConfig, budget: float, rng: random.Random, band: tuple[float, float] = (0.9, 1.0),
+                         resolution: int = 224, num_classes: int = 1000, max_steps: int = 4000) -> ArchSpec:
+    """A random architecture whose FLOPs lie in ``[band[0] * budget, band[1] * budget]``.
+
+    Draws random architectures, then walks from the closest one toward the band, one choice at a
+    time (a step along a numeric list, or another operator / downsampling module); randomness in the start and in the step
+    order keeps the result diverse. Raises ``ValueError`` if the band is outside the space.
+    """
+    lo_b, hi_b = band[0] * budget, band[1] * budget
+    s_lo, s_hi = space.flops_range(resolution, num_classes)
+    if hi_b < s_lo or lo_b > s_hi:
+        raise ValueError(f"budget {budget:.4g} (band {lo_b:.4g}-{hi_b:.4g}) is outside what space '{space.name}' "
+                         f"reaches at {resolution}px: {s_lo:.4g}-{s_hi:.4g} FLOPs")
+
+    def flops(spec: ArchSpec) -> int:
+        return estimate(spec, resolution, num_classes).flops
+
+    def distance(f: float) -> float:
+        return 0.0 if lo_b <= f <= hi_b else (math.log(lo_b / f) if f < lo_b else math.log(f / hi_b))
+
+    labels = [label for label in space.choices() if label != "head_dim"]
+    steps = 0
+    while steps < max_steps:
+        starts = [space.random_spec(rng) for _ in range(16)]
+        spec = min(starts, key=lambda s: distance(flops(s)))
+        d = distance(flops(spec))
+        stalled = 0
+        while d > 0 and stalled < 200 and steps < max_steps:
+            steps += 1
+            sample = spec.to_sample()
+            label = rng.choice(labels)
+            moves = _neighbours(space, sample, label)
+            rng.shuffle(moves)
+            improved = False
+            for value in moves:
+                cand = try_spec({**sample, label: value})
+                if cand is None:
+                    continue
+                cd = distance(flops(cand))
+                if cd < d:
+                    spec, d, improved = cand, cd, True
+                    break
+            stalled = 0 if improved else stalled + 1
+        if d == 0:
+            return spec
+    raise ValueError(f"no architecture of space '{space.name}' found in band {lo_b:.4g}-{hi_b:.4g} FLOPs "
+                     f"after {max_steps} steps; widen the band")
+
+
+def spec_summary(spec: ArchSpec) -> dict[str, Any]:
+    return {"version": FORMAT_VERSION, **spec.to_sample()}
+
+
+__all__ = ["SpaceConfig", "DEFAULT_SPACE", "SPACES", "get_space", "sample_within_budget", "try_spec", "GLOBAL_FIELDS"]

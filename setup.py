@@ -1,0 +1,36 @@
+from setuptools import setup
+
+setup(
+    name="metanet",
+    version="0.1.0",
+    description="Plugin-based neural architecture search for vision backbones (INTERN's MetaNet/UniNet space on NNI 3.0)",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["metanet", "metanet.plugins", "metanet.search_spaces", "metanet.kernels"],
+    package_dir={
+        "metanet": "metanet",
+        "metanet.plugins": "plugins",
+        "metanet.search_spaces": "search_spaces",
+        "metanet.kernels": "kernels",
+    },
+    install_requires=[
+        "torch>=2.1",
+        "timm>=1.0",
+        "nni==3.0",
+        "pytorch-lightning",  # NNI 3.0's NAS package imports it
+        "fvcore",
+        "einops",
+        "pluggy>=1.0",
+        "click>=8.0",
+        "scikit-learn",
+        "matplotlib",
+        "pyyaml",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+    },
+    entry_points={
+        "console_scripts": ["metanet=metanet.cli:main"],
+    },
+)
