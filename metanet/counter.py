@@ -62,7 +62,9 @@ class FlopCount:
 
 def count_flops(model: nn.Module, resolution: int | tuple[int, int] = 224, in_chans: int = 3) -> FlopCount:
     """Count MACs of one image through ``model`` in eval mode at ``resolution``."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # fvcore calls the deprecated torch.jit.script at import
+        from fvcore.nn import FlopCountAnalysis
 
     h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
     param = next(model.parameters(), None)

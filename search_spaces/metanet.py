@@ -51,7 +51,7 @@ class MetaNet(nn.Module):
         self.feature_info = [dict(num_chs=spec.stem_width, reduction=2, module="stem")]
 
         n_blocks = sum(s.depth for s in spec.stages)
-        dpr = torch.linspace(0, drop_path_rate, n_blocks).tolist() if n_blocks else []
+        dpr = [drop_path_rate * j / max(n_blocks - 1, 1) for j in range(n_blocks)]  # linear stochastic depth
         stages, cin, reduction, b = [], spec.stem_width, 2, 0
         for i, st in enumerate(spec.stages):
             stride, grid = STRIDES[i], grids[i + 1]

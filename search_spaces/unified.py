@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from metanet.budget import format_flops
+
 from .estimate import Cost, estimate, head_cost, stage_cost
 from .spec import (ATTENTION_OPS, CONV_OPS, DSMS, FORMAT_VERSION, GLOBAL_FIELDS, NUM_STAGES, STAGE_FIELDS, ArchSpec,
                    SpecError, StageSpec, stage_grids, stage_key)
@@ -186,8 +188,9 @@ def sample_within_budget(space: SpaceConfig, budget: float, rng: random.Random, 
     lo_b, hi_b = band[0] * budget, band[1] * budget
     s_lo, s_hi = space.flops_range(resolution, num_classes)
     if hi_b < s_lo or lo_b > s_hi:
-        raise ValueError(f"budget {budget:.4g} (band {lo_b:.4g}-{hi_b:.4g}) is outside what space '{space.name}' "
-                         f"reaches at {resolution}px: {s_lo:.4g}-{s_hi:.4g} FLOPs")
+        raise ValueError(f"budget {format_flops(budget)} (band {format_flops(lo_b)}-{format_flops(hi_b)}) is outside "
+                         f"what space '{space.name}' reaches at {resolution}px: {format_flops(s_lo)} to "
+                         f"{format_flops(s_hi)} FLOPs")
 
     def flops(spec: ArchSpec) -> int:
         return estimate(spec, resolution, num_classes).flops
@@ -220,7 +223,7 @@ def sample_within_budget(space: SpaceConfig, budget: float, rng: random.Random, 
             stalled = 0 if improved else stalled + 1
         if d == 0:
             return spec
-    raise ValueError(f"no architecture of space '{space.name}' found in band {lo_b:.4g}-{hi_b:.4g} FLOPs "
+    raise ValueError(f"no architecture of space '{space.name}' found in band {format_flops(lo_b)}-{format_flops(hi_b)} "
                      f"after {max_steps} steps; widen the band")
 
 

@@ -1,0 +1,261 @@
+"""The ``metanet`` command line: one click group, subcommands with help, ``--json`` for machines.
+
+Heavy imports (torch, timm, fvcore, NNI) happen inside the commands that need them, so ``--help``
+and the estimator-only commands answer quickly.
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+
+import click
+
+from . import __version__
+from .budget import format_flops, parse_flops
+
+
+def _budget(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return parse_flops(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _band(ctx, param, value):
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected LOW,HIGH fractions of the budget, e.g. 0.9,1.0; got {value!r}") from None
+    if not 0 < lo < hi:
+        raise click.BadParameter(f"need 0 < LOW < HIGH, got {value!r}")
+    return lo, hi
+
+
+def _space(name):
+    from metanet.search_spaces.unified import get_space
+    try:
+        return get_space(name)
+    except KeyError as exc:
+        raise click.BadParameter(exc.args[0], param_hint="'--space'") from None
+
+
+def _load_spec(source: str):
+    from metanet.search_spaces.metanet import as_spec
+    from metanet.search_spaces.spec import SpecError
+    try:
+        return as_spec(source)
+    except SpecError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+resolution_option = click.option("--resolution", "-r", type=click.IntRange(min=16), default=224, show_default=True,
+                                  help="Deployment input resolution at which FLOPs are counted.")
+space_option = click.option("--space", "space_name", default="unified", show_default=True, help="Search space name.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="metanet")
+def cli():
+    """metanet: architecture search over INTERN's unified conv + transformer space.
+
+    FLOPs are multiply-accumulates (fvcore's default operators plus attention), as in timm and
+    the MetaNet/UniNet papers.
+    """
+
+
+@cli.group()
+def space():
+    """Inspect and sample the search space."""
+
+
+@space.command("show")
+@space_option
+@resolution_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def space_show(space_name, resolution, as_json):
+    """The choices per stage, the size of the space and its FLOP range."""
+    from metanet.search_spaces.spec import NUM_STAGES, STAGE_FIELDS, STRIDES, stage_key
+    sp = _space(space_name)
+    choices = sp.choices()
+    lo, hi = sp.flops_range(resolution)
+    data = {
+        "space": sp.name,
+        "global": {k: choices[k] for k in ("stem_width", "head_dim")},
+        "stages": [{"stride": STRIDES[i], **{f: choices[stage_key(i, f)] for f in STAGE_FIELDS}}
+                   for i in range(NUM_STAGES)],
+        "size": sp.valid_size(),
+        "size_unconstrained": sp.raw_size(),
+        "resolution": resolution,
+        "flops_min": lo,
+        "flops_max": hi,
+    }
+    if as_json:
+        _emit_json(data)
+        return
+    click.echo(f"space '{sp.name}': stem 3x3/2 -> 6 stages -> 1x1 conv 1280 -> pool -> classifier")
+    click.echo(f"  stem_width: {data['global']['stem_width']}   head_dim: {data['global']['head_dim']}")
+    for i, st in enumerate(data["stages"]):
+        click.echo(f"  s{i} (stride {st['stride']}): op {st['op']}")
+        click.echo(f"      depth {st['depth']}  width {st['width']}  expand {st['expand']}  dsm {st['dsm']}")
+    click.echo(f"size: {data['size']:.4g} valid architectures ({data['size_unconstrained']:.4g} before constraints)")
+    click.echo(f"FLOPs at {resolution}px: {format_flops(lo)} to {format_flops(hi)}")
+
+
+@space.command("sample")
+@space_option
+@click.option("--seed", type=int, default=None, help="Random seed (default: random).")
+@click.option("--flops", "budget", callback=_budget, default=None,
+              help="FLOP budget, e.g. 600M or 1.5G: the sample lands inside the band of it.")
+@click.option("--band", callback=_band, default="0.9,1.0", show_default=True,
+              help="Accepted FLOPs as LOW,HIGH fractions of the budget.")
+@resolution_option
+def space_sample(space_name, seed, budget, band, resolution):
+    """Print one architecture spec as JSON on stdout."""
+    from metanet.search_spaces.unified import sample_within_budget
+    sp = _space(space_name)
+    rng = random.Random(seed)
+    if budget is None:
+        spec = sp.random_spec(rng)
+    else:
+        try:
+            spec = sample_within_budget(sp, budget, rng, band=band, resolution=resolution)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--flops'") from None
+    click.echo(spec.to_json())
+
+
+@cli.command("flops")
+@click.argument("spec")
+@resolution_option
+@click.option("--count", is_flag=True, help="Also build the model and count it with fvcore (+attention).")
+@click.option("--num-classes", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Classifier size included in the figures.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def flops_cmd(spec, resolution, count, num_classes, as_json):
+    """FLOPs and parameters of SPEC, with a per-stage breakdown.
+
+    SPEC is a spec JSON file, a preset name (metanet_b4, uninet_b1 ...) or timm:MODEL for any timm
+    model (always counted), to compare a searched backbone with known ones.
+    """
+    if spec.startswith("timm:"):
+        data = _count_timm(spec[5:], resolution, num_classes)
+    else:
+        data = _flops_of_spec(spec, resolution, count, num_classes)
+    if as_json:
+        _emit_json(data)
+        return
+    click.echo(f"{data['spec']} at {resolution}x{resolution}")
+    if "stages" in data:
+        click.echo(f"  {'part':<6} {'FLOPs':>10} {'params':>10}  layout")
+        for name, part in data["stages"].items():
+            click.echo(f"  {name:<6} {format_flops(part['flops']):>10} {format_flops(part['params']):>10}  "
+                       f"{part.get('layout', '')}")
+    click.echo(f"FLOPs:  {format_flops(data['flops'])} ({data['flops']:,})")
+    click.echo(f"params: {format_flops(data['params'])} ({data['params']:,})")
+    if "flops_counted" in data:
+        click.echo(f"counted (fvcore + attention): {format_flops(data['flops_counted'])} "
+                   f"({data['flops_counted']:,}); params {data['params_counted']:,}")
+        click.echo(f"conv/linear/matmul only (MetaNet's table): {format_flops(data['flops_matmul_only'])}")
+
+
+def _flops_of_spec(source, resolution, count, num_classes):
+    from metanet.search_spaces.estimate import estimate
+    arch = _load_spec(source)
+    est = estimate(arch, resolution, num_classes)
+    stages = {}
+    for name, part in est.parts.items():
+        entry = {"flops": part.flops, "params": part.params}
+        if name[1:].isdigit():
+            st = arch.stages[int(name[1:])]
+            entry["layout"] = f"{st.op} x{st.depth}, width {st.width}, expand {st.expand:g}, dsm {st.dsm}"
+        stages[name] = entry
+    data = {"spec": source, "resolution": resolution, "flops": est.flops, "params": est.params, "stages": stages}
+    if count:
+        import torch
+        from metanet.counter import count_flops, count_params
+        from metanet.search_spaces.metanet import MetaNet
+        torch.manual_seed(0)
+        model = MetaNet(arch, num_classes=num_classes, img_size=resolution)
+        counted = count_flops(model, resolution)
+        data.update(flops_counted=counted.total, params_counted=count_params(model),
+                    flops_matmul_only=counted.matmul_only)
+    return data
+
+
+def _count_timm(name, resolution, num_classes):
+    import timm
+    from metanet.counter import count_flops, count_params
+    if name not in timm.list_models():
+        raise click.ClickException(f"unknown timm model {name!r} (see timm.list_models())")
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    try:
+        counted = count_flops(model, resolution)
+    except Exception as exc:  # a timm model that cannot be traced at this size
+        raise click.ClickException(f"timm:{name}: cannot count at {resolution}px ({str(exc).splitlines()[0]})") from None
+    params = count_params(model)
+    return {"spec": f"timm:{name}", "resolution": resolution, "flops": counted.total, "params": params,
+            "flops_counted": counted.total, "params_counted": params, "flops_matmul_only": counted.matmul_only}
+
+
+@cli.command("build")
+@click.argument("spec")
+@resolution_option
+@click.option("--num-classes", type=click.IntRange(min=0), default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def build_cmd(spec, resolution, num_classes, as_json):
+    """Build the plain model of SPEC and run one forward pass on a random image."""
+    import torch
+    from metanet.counter import count_params
+    from metanet.search_spaces.metanet import MetaNet
+    arch = _load_spec(spec)
+    torch.manual_seed(0)
+    model = MetaNet(arch, num_classes=num_classes, img_size=resolution).eval()
+    x = torch.randn(1, 3, resolution, resolution)
+    with torch.no_grad():
+        out = model(x)
+        feats = model.forward_features(x)
+    data = {"spec": spec, "resolution": resolution, "params": count_params(model), "output_shape": list(out.shape),
+            "features_shape": list(feats.shape), "feature_info": model.feature_info,
+            "finite": bool(torch.isfinite(out).all())}
+    if as_json:
+        _emit_json(data)
+        return
+    click.echo(f"built {spec}: {format_flops(data['params'])} params; {arch.describe()}")
+    click.echo(f"forward 1x3x{resolution}x{resolution} -> logits {tuple(out.shape)}, "
+               f"features {tuple(feats.shape)}, finite: {data['finite']}")
+    for f in model.feature_info:
+        click.echo(f"  feature {f['module']:<9} {f['num_chs']:>5} channels, stride {f['reduction']}")
+
+
+@cli.command("presets")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def presets_cmd(as_json):
+    """The released MetaNet and UniNet models, as specs of the space."""
+    from metanet.search_spaces.estimate import estimate
+    from metanet.search_spaces.presets import PRESETS
+    rows = []
+    for p in PRESETS.values():
+        est = estimate(p.spec, p.input_size)
+        rows.append({"name": p.name, "input_size": p.input_size, "flops": est.flops, "params": est.params,
+                     "description": p.description})
+    if as_json:
+        _emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['name']:<12} {r['input_size']:>4}px  {format_flops(r['flops']):>8} FLOPs  "
+                   f"{format_flops(r['params']):>8} params  {r['description']}")
+
+
+def main(argv=None):
+    try:
+        cli.main(args=argv, prog_name="metanet", standalone_mode=True)
+    except KeyboardInterrupt:  # pragma: no cover
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,50 @@
+import logging
+import random
+import sys
+
+import pytest
+import torch
+
+from metanet.search_spaces.unified import DEFAULT_SPACE
+
+
+@pytest.fixture(autouse=True)
+def _nni_log_to_real_stderr():
+    # NNI binds a StreamHandler to the sys.stdout of import time, which pytest closes after the test
+    # that imported it: afterwards send NNI's log to the real stderr, errors only.
+    yield
+    for handler in logging.getLogger("nni").handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is not sys.__stderr__:
+            handler.setStream(sys.__stderr__)
+            logging.getLogger("nni").setLevel(logging.ERROR)
+
+
+@pytest.fixture
+def rng():
+    return random.Random(1234)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def tiny_spec_dict(**overrides):
+    """A small valid architecture with conv and attention stages, cheap to build at 32-64 px."""
+    d = {"version": 1, "stem_width": 16, "head_dim": 16}
+    layout = [("mbconv", 1, 16, 1, "block"), ("fused_mbconv", 1, 24, 2, "block"), ("mbconv", 1, 32, 2, "local"),
+              ("attention", 1, 32, 2, "local_global"), ("attention_rpb", 1, 48, 2, "block"), ("xca", 1, 64, 2, "local")]
+    for i, (op, depth, width, expand, dsm) in enumerate(layout):
+        d.update({f"s{i}_op": op, f"s{i}_depth": depth, f"s{i}_width": width, f"s{i}_expand": expand, f"s{i}_dsm": dsm})
+    d.update(overrides)
+    return d
+
+
+@pytest.fixture
+def tiny_spec_dict_fixture():
+    return tiny_spec_dict()
+
+
+@pytest.fixture
+def space():
+    return DEFAULT_SPACE
