@@ -1,14 +1,6 @@
-"""Attention kernels of metanet. Importable with torch alone: no NNI, fvcore or scikit-learn here."""
+"""Attention kernels of metanet. Importable with torch alone (Triton optional): no NNI, fvcore or
+scikit-learn here, so the kernels install on GPU machines with nothing else."""
+from .attention import BACKENDS, HAS_TRITON, attention, attention_backend
 from .attention_ref import attention_reference
 
-
-def attention(q, k, v, bias=None, scale=None):
-    """Multi-head attention, the single entry point of every attention operator.
-
-    ``q``: (B, H, Nq, D), ``k``/``v``: (B, H, Nk, D); ``bias`` is additive, applied after scaling,
-    broadcast over the batch; ``scale`` defaults to 1/sqrt(D) as in SDPA.
-    """
-    return attention_reference(q, k, v, bias=bias, scale=scale)
-
-
-__all__ = ["attention", "attention_reference"]
+__all__ = ["attention", "attention_backend", "attention_reference", "BACKENDS", "HAS_TRITON"]

@@ -1,9 +1,16 @@
 import logging
+import os
 import random
 import sys
 
-import pytest
 import torch
+
+# Without a GPU the Triton kernels run through Triton's interpreter; the variable is read when the
+# kernels are decorated, so it must be set before metanet.kernels (and Triton) are imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 from metanet.search_spaces.unified import DEFAULT_SPACE
 

@@ -1,0 +1,168 @@
+"""The Triton attention kernels against the torch reference (through Triton's interpreter on CPU)."""
+import pytest
+import torch
+
+from conftest import tiny_spec_dict
+from metanet.kernels import HAS_TRITON, attention, attention_backend, attention_reference
+from metanet.search_spaces.operators import LocalGlobalDSM, make_block
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="Triton is not importable on this machine")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def test_kernels_really_run_in_the_interpreter_without_a_gpu():
+    if DEVICE == "cuda":
+        pytest.skip("a GPU runs the compiled kernels")
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from metanet.kernels import attention_triton
+    assert isinstance(attention_triton._attn_fwd, InterpretedFunction)
+
+
+def _inputs(B, H, Nq, Nk, D, bias_shape, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g).to(DEVICE, dtype).requires_grad_()  # noqa: E731
+    q, k, v = mk(B, H, Nq, D), mk(B, H, Nk, D), mk(B, H, Nk, D)
+    shapes = {None: None, "h": (H, Nq, Nk), "1h": (1, H, Nq, Nk), "bh": (B, H, Nq, Nk)}
+    bias = mk(*shapes[bias_shape]) if bias_shape else None
+    return q, k, v, bias
+
+
+def _run(backend, q, k, v, bias, grad_out, scale=None):
+    out = attention(q, k, v, bias, scale=scale, backend=backend)
+    inputs = [q, k, v] + ([bias] if bias is not None else [])
+    return [out] + list(torch.autograd.grad(out, inputs, grad_out))
+
+
+def _assert_close(got, want, rtol):
+    for name, a, b in zip(["out", "dq", "dk", "dv", "dbias"], got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        err = (a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)
+        assert err <= rtol, f"{name}: relative error {err:.2e} > {rtol:.0e}"
+
+
+@pytest.mark.parametrize("bias_shape", [None, "h", "1h", "bh"])
+@pytest.mark.parametrize("nq, nk", [(50, 13), (13, 50), (49, 49)])
+def test_fp32_matches_reference(bias_shape, nq, nk):
+    q, k, v, bias = _inputs(2, 3, nq, nk, 48, bias_shape)
+    grad_out = torch.randn(2, 3, nq, 48, device=DEVICE)
+    _assert_close(_run("triton", q, k, v, bias, grad_out), _run("torch", q, k, v, bias, grad_out), 1e-4)
+
+
+@pytest.mark.parametrize("d", [16, 32, 64, 128])
+def test_head_dims(d):
+    q, k, v, bias = _inputs(1, 2, 20, 37, d, "h")
+    grad_out = torch.randn(1, 2, 20, d, device=DEVICE)
+    _assert_close(_run("triton", q, k, v, bias, grad_out, scale=0.3),
+                  _run("torch", q, k, v, bias, grad_out, scale=0.3), 1e-4)
+
+
+def test_fp16_matches_reference_loosely():
+    q, k, v, bias = _inputs(2, 2, 50, 13, 48, "1h", dtype=torch.float16)
+    grad_out = torch.randn(2, 2, 50, 48, device=DEVICE, dtype=torch.float16)
+    q32, k32, v32, b32 = (t.detach().float().requires_grad_() for t in (q, k, v, bias))
+    want = [t.to(torch.float16) for t in _run("torch", q32, k32, v32, b32, grad_out.float())]
+    _assert_close(_run("triton", q, k, v, bias, grad_out), want, 2e-2)
+
+
+@pytest.mark.skipif(DEVICE == "cpu", reason="Triton's interpreter has no bf16")
+def test_bf16_matches_reference_loosely():
+    q, k, v, bias = _inputs(2, 2, 196, 196, 32, "h", dtype=torch.bfloat16)
+    grad_out = torch.randn(2, 2, 196, 32, device=DEVICE, dtype=torch.bfloat16)
+    q32, k32, v32, b32 = (t.detach().float().requires_grad_() for t in (q, k, v, bias))
+    want = [t.to(torch.bfloat16) for t in _run("torch", q32, k32, v32, b32, grad_out.float())]
+    _assert_close(_run("triton", q, k, v, bias, grad_out), want, 5e-2)
+
+
+def test_bias_without_grad_and_non_contiguous_inputs():
+    qkv = torch.randn(2, 17, 3, 2, 32, device=DEVICE)  # (B, N, 3, H, D) as a qkv projection lays it out
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    bias = torch.randn(2, 17, 17, device=DEVICE)
+    torch.testing.assert_close(attention(q, k, v, bias, backend="triton"), attention_reference(q, k, v, bias),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_reference_gradcheck_float64():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, n, 4, generator=g, dtype=torch.float64, requires_grad=True) for n in (3, 5, 5))
+    bias = torch.randn(2, 3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: attention_reference(*a), (q, k, v, bias))
+
+
+def test_custom_op_registration_passes_opcheck():
+    q, k, v, bias = _inputs(1, 2, 9, 7, 16, "h")
+    torch.library.opcheck(torch.ops.metanet.attention.default, (q, k, v, bias, 0.25),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_torch_flop_counter_counts_forward_and_backward():
+    from torch.utils.flop_counter import FlopCounterMode
+    q, k, v, bias = _inputs(2, 3, 16, 24, 32, "h")
+    with FlopCounterMode(display=False) as counter:
+        attention(q, k, v, bias, backend="triton").sum().backward()
+    counts = counter.get_flop_counts()["Global"]
+    fwd = 2 * 2 * 3 * 16 * 24 * 32 * 2  # two matmuls, 2 FLOPs per MAC
+    assert counts[torch.ops.metanet.attention] == fwd
+    assert counts[torch.ops.metanet.attention_backward] == 2 * fwd + fwd // 2
+
+
+def test_fvcore_handle_counts_the_custom_op():
+    from metanet.counter import attention_flop_jit
+    from fvcore.nn import FlopCountAnalysis
+
+    class Op(torch.nn.Module):
+        def forward(self, q, k, v):
+            return torch.ops.metanet.attention(q, k, v, None, 0.5)[0]
+
+    q, k, v, _ = _inputs(2, 3, 16, 24, 32, None)
+    analysis = FlopCountAnalysis(Op(), (q.detach(), k.detach(), v.detach()))
+    analysis.set_op_handle("metanet::attention", attention_flop_jit).unsupported_ops_warnings(False)
+    assert analysis.total() == 2 * 3 * 16 * 24 * 32 * 2
+
+
+@pytest.mark.parametrize("op", ["attention", "attention_rpb", "xca"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_every_attention_operator_runs_through_the_kernel(op, stride):
+    block = make_block(op, 32, 32 * stride, stride, expand=2, head_dim=16, drop_path=0.0,
+                       grid=(8 // stride, 8 // stride)).to(DEVICE)
+    _compare_module(block, torch.randn(2, 32, 8, 8, device=DEVICE))
+
+
+def test_lg_dsm_runs_through_the_kernel():
+    _compare_module(LocalGlobalDSM(32, 48, 2, head_dim=16).to(DEVICE).eval(), torch.randn(2, 32, 9, 9, device=DEVICE))
+
+
+def _compare_module(module, x):
+    results = []
+    for backend in ("torch", "triton"):
+        module.zero_grad()
+        xb = x.clone().requires_grad_()
+        with attention_backend(backend):
+            y = module(xb)
+            y.square().sum().backward()
+        results.append((y.detach(), xb.grad, [p.grad.clone() for p in module.parameters() if p.grad is not None]))
+    (y0, gx0, gp0), (y1, gx1, gp1) = results
+    torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gx1, gx0, rtol=1e-4, atol=1e-4)
+    for a, b in zip(gp1, gp0):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_tracing_falls_back_to_the_reference():
+    from metanet.search_spaces.metanet import MetaNet
+    model = MetaNet(tiny_spec_dict(), num_classes=4, img_size=32).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with attention_backend("triton"), torch.no_grad():
+        traced = torch.jit.trace(model, x, check_trace=False)
+        assert "metanet::attention" not in str(traced.graph)
+        torch.testing.assert_close(traced(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_inputs_are_clear():
+    q = torch.randn(1, 2, 5, 16)
+    with pytest.raises(ValueError, match="unknown backend 'cuda'"):
+        attention(q, q, q, backend="cuda")
+    with pytest.raises(ValueError, match=r"bias of shape \(3, 5, 5\) does not fit"):
+        attention(q, q, q, torch.randn(3, 5, 5))
+    with pytest.raises(ValueError, match="must be 4-D"):
+        attention(q[0], q[0], q[0])
