@@ -35,6 +35,7 @@ demo: install
 	@echo "sampled $(DEMO)/arch.json within 90-100% of 300M FLOPs"
 	$(BIN)/metanet flops $(DEMO)/arch.json --count
 	$(BIN)/metanet build $(DEMO)/arch.json --num-classes 10
+	$(BIN)/metanet evaluate $(DEMO)/arch.json --stages zero-cost,amateur,expert,generalist,downstream
 
 test: install-test
 	$(BIN)/python -m pytest

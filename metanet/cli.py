@@ -62,12 +62,28 @@ space_option = click.option("--space", "space_name", default="unified", show_def
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="metanet")
-def cli():
+@click.option("-p", "--plugin", "plugins", multiple=True, metavar="MODULE",
+              help="Load a plugin by module path (repeatable); also METANET_PLUGINS=mod1,mod2.")
+@click.pass_context
+def cli(ctx, plugins):
     """metanet: architecture search over INTERN's unified conv + transformer space.
 
     FLOPs are multiply-accumulates (fvcore's default operators plus attention), as in timm and
     the MetaNet/UniNet papers.
     """
+    ctx.obj = {"plugins": plugins}
+    if plugins:
+        _plugin_manager()  # a named plugin that cannot load is an error now, whatever the command
+
+
+def _plugin_manager():
+    from metanet.plugin_manager import PluginError, get_plugin_manager
+    ctx = click.get_current_context()
+    plugins = (ctx.find_root().obj or {}).get("plugins", ())
+    try:
+        return get_plugin_manager(plugins)
+    except PluginError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.group()
@@ -232,6 +248,90 @@ def build_cmd(spec, resolution, num_classes, as_json):
                f"features {tuple(feats.shape)}, finite: {data['finite']}")
     for f in model.feature_info:
         click.echo(f"  feature {f['module']:<9} {f['num_chs']:>5} channels, stride {f['reduction']}")
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins_cmd(as_json):
+    """List every plugin, built-in or external, with its source, version and hooks."""
+    pm = _plugin_manager()
+    rows = [{"name": p.name, "source": p.source, "version": p.version, "hooks": p.hooks} for p in pm.plugins()]
+    registered = {kind: {name: reg.plugin for name, reg in table.items()} for kind, table in pm.registry.items()}
+    if as_json:
+        _emit_json({"plugins": rows, "registered": registered})
+        return
+    for r in rows:
+        click.echo(f"{r['name']} ({r['source']}{', ' + r['version'] if r['version'] else ''})")
+        click.echo(f"    hooks: {', '.join(r['hooks']) or '-'}")
+    for kind, table in registered.items():
+        if table:
+            click.echo(f"{kind}: {', '.join(sorted(table))}")
+
+
+def _parse_sets(values) -> dict:
+    out: dict = {}
+    for item in values:
+        key, eq, raw = item.partition("=")
+        stage, dot, name = key.partition(".")
+        if not eq or not dot or not stage or not name:
+            raise click.BadParameter(f"expected STAGE.SETTING=VALUE, got {item!r}", param_hint="'--set'")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(stage, {})[name] = value
+    return out
+
+
+def load_data(pm, source: str, resolution: int, seed: int):
+    """A registered dataset name (``digits``) or a directory (the ``folder`` loader)."""
+    import os
+    if os.path.isdir(source) or os.sep in source:
+        loader = pm.get("datasets", "folder").obj
+        return loader(source, resolution=resolution, seed=seed)
+    return pm.get("datasets", source).obj(resolution=resolution, seed=seed)
+
+
+@cli.command("evaluate")
+@click.argument("spec")
+@click.option("--stages", default="zero-cost,amateur,expert,generalist,downstream", show_default=True,
+              help="Stage plugins to run, in order.")
+@click.option("--data", "data_source", default="digits", show_default=True,
+              help="A dataset name (digits) or a folder with upstream/ and downstream/.")
+@click.option("--proxy-resolution", type=click.IntRange(min=8), default=32, show_default=True,
+              help="Image size the stages train at (FLOPs are still counted at the deployment size).")
+@click.option("--set", "sets", multiple=True, metavar="STAGE.KEY=VALUE", help="Override a stage setting.")
+@click.option("--score", default=None, help="Score as weighted metrics, e.g. downstream.acc=1,zero-cost.score=0.01.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def evaluate_cmd(spec, stages, data_source, proxy_resolution, sets, score, seed, as_json):
+    """Run evaluation stages on one architecture and print its metrics and score."""
+    from metanet.data import DataError
+    from metanet.stages import evaluate_candidate, parse_score
+    pm = _plugin_manager()
+    arch = _load_spec(spec)
+    stage_list = [s.strip() for s in stages.split(",") if s.strip()]
+    try:
+        weights = parse_score(score)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--score'") from None
+    try:
+        data = load_data(pm, data_source, proxy_resolution, seed)
+        result = evaluate_candidate(arch, stage_list, data, config=_parse_sets(sets), pm=pm, score_weights=weights,
+                                    seed=seed)
+    except (DataError, KeyError) as exc:
+        raise click.ClickException(exc.args[0] if exc.args else str(exc)) from None
+    data_out = {"status": result.status, "score": result.score, "metrics": result.metrics,
+                "seconds": round(result.seconds, 2), "error": result.error}
+    if as_json:
+        _emit_json(data_out)
+    else:
+        for k, v in result.metrics.items():
+            click.echo(f"{k:<40} {v:.4f}")
+    if result.status != "finished":
+        err = result.error
+        raise click.ClickException(f"stage '{err['stage']}' failed (plugin {err['plugin'] or 'unknown'}): "
+                                   f"{err['message']}")
 
 
 @cli.command("presets")

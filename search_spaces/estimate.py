@@ -8,9 +8,10 @@ thousands of candidates with this; tests hold it within 1% of the counter.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from .spec import HEAD_WIDTH, STRIDES, ArchSpec, stage_grids
+from .spec import HEAD_WIDTH, OPS as BUILTIN_OPS, STRIDES, ArchSpec, stage_grids
 
 
 @dataclass
@@ -151,11 +152,32 @@ def _local_global_dsm(cin, cout, hw_in, hw_out) -> Cost:
 
 
 def block_cost(op, cin, cout, stride, expand, head_dim, hw_in, hw_out, grid) -> Cost:
+    if op not in BUILTIN_OPS:
+        return _plugin_block_cost(op, cin, cout, stride, expand, head_dim, hw_in, hw_out, grid)
     if op == "mbconv":
         return _mbconv(cin, cout, stride, expand, hw_in, hw_out)
     if op == "fused_mbconv":
         return _fused_mbconv(cin, cout, stride, expand, hw_in, hw_out)
     return _transformer(op, cin, cout, stride, expand, head_dim, hw_in, hw_out, grid)
+
+
+_counted: dict[tuple, Cost] = {}
+
+
+def _plugin_block_cost(op, cin, cout, stride, expand, head_dim, hw_in, hw_out, grid) -> Cost:
+    from .operators import PLUGIN_OPERATORS, make_block
+    definition = PLUGIN_OPERATORS[op]
+    if definition.cost is not None:
+        flops, params = definition.cost(cin, cout, stride, expand, head_dim, hw_in=hw_in, hw_out=hw_out, grid=grid)
+        return Cost(int(flops), int(params))
+    # No formula from the plugin: count one built block with the counter, once per shape.
+    key = (op, cin, cout, stride, expand, head_dim, hw_in, grid)
+    if key not in _counted:
+        from metanet.counter import count_flops, count_params
+        side = math.isqrt(hw_in)
+        block = make_block(op, cin, cout, stride, expand, head_dim, 0.0, grid)
+        _counted[key] = Cost(count_flops(block, (side, side), in_chans=cin).total, count_params(block))
+    return _counted[key]
 
 
 def stage_cost(i: int, st, cin: int, head_dim: int, grids, build_grids) -> Cost:

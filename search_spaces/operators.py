@@ -7,6 +7,9 @@ Every attention operator goes through :func:`metanet.kernels.attention`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -14,6 +17,8 @@ from einops import rearrange
 from timm.layers import DropPath, LayerScale, Mlp, SqueezeExcite, make_divisible, trunc_normal_
 
 from metanet.kernels import attention
+
+from .spec import OPS, register_op_name
 
 LAYER_SCALE_INIT = 1e-6
 
@@ -246,9 +251,29 @@ class LocalGlobalDSM(nn.Module):
         return shortcut + to_map(self.proj(y), h, w)
 
 
+@dataclass
+class OperatorDef:
+    factory: Callable[..., nn.Module]
+    cost: Callable[..., tuple[int, int]] | None = None
+    attention: bool = False
+
+
+# Operators registered by plugins through metanet_register_operators.
+PLUGIN_OPERATORS: dict[str, OperatorDef] = {}
+
+
+def register_operator(name: str, factory, cost=None, attention: bool = False) -> None:
+    if name in OPS:
+        raise ValueError(f"operator {name!r} is built in and cannot be replaced")
+    PLUGIN_OPERATORS[name] = OperatorDef(factory, cost, attention)
+    register_op_name(name, attention)
+
+
 def make_block(op: str, cin: int, cout: int, stride: int, expand: float, head_dim: int,
                drop_path: float, grid: tuple[int, int]) -> nn.Module:
     """One block of operator ``op``; ``grid`` is its output token grid at the build resolution."""
+    if op in PLUGIN_OPERATORS:
+        return PLUGIN_OPERATORS[op].factory(cin, cout, stride, expand, head_dim, drop_path, grid)
     if op == "mbconv":
         return MBConv(cin, cout, stride, expand, drop_path)
     if op == "fused_mbconv":

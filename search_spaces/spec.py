@@ -30,8 +30,23 @@ OPS = CONV_OPS + ATTENTION_OPS
 # local: L-DSM (UniNet); local_global: LG-DSM, attention stages only (UniNet).
 DSMS = ("block", "local", "local_global")
 
+# Operators added by plugins (metanet_register_operators): name -> is it an attention operator.
+_PLUGIN_OPS: dict[str, bool] = {}
+
 STAGE_FIELDS = ("op", "depth", "width", "expand", "dsm")
 GLOBAL_FIELDS = ("stem_width", "head_dim")
+
+
+def known_ops() -> tuple[str, ...]:
+    return OPS + tuple(_PLUGIN_OPS)
+
+
+def is_attention_op(op: str) -> bool:
+    return op in ATTENTION_OPS or _PLUGIN_OPS.get(op, False)
+
+
+def register_op_name(name: str, attention: bool) -> None:
+    _PLUGIN_OPS[name] = attention
 
 
 class SpecError(ValueError):
@@ -60,7 +75,7 @@ class StageSpec:
 
     @property
     def is_attention(self) -> bool:
-        return self.op in ATTENTION_OPS
+        return is_attention_op(self.op)
 
 
 @dataclass(frozen=True)
@@ -146,7 +161,7 @@ class ArchSpec:
         head_dim = _positive_int(data, "head_dim", source)
         stages = []
         for i in range(NUM_STAGES):
-            op = _member(data, stage_key(i, "op"), OPS, source)
+            op = _member(data, stage_key(i, "op"), known_ops(), source)
             depth = _positive_int(data, stage_key(i, "depth"), source)
             width = _positive_int(data, stage_key(i, "width"), source)
             expand = _positive_number(data, stage_key(i, "expand"), source)

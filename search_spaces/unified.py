@@ -15,7 +15,7 @@ from metanet.budget import format_flops
 
 from .estimate import Cost, estimate, head_cost, stage_cost
 from .spec import (ATTENTION_OPS, CONV_OPS, DSMS, FORMAT_VERSION, GLOBAL_FIELDS, NUM_STAGES, STAGE_FIELDS, ArchSpec,
-                   SpecError, StageSpec, stage_grids, stage_key)
+                   SpecError, StageSpec, is_attention_op, stage_grids, stage_key)
 
 ALL_OPS = CONV_OPS + ATTENTION_OPS
 
@@ -98,9 +98,10 @@ def get_space(name: str) -> SpaceConfig:
 
 
 def _stage_valid(op, dsm, width, cin, head_dim) -> bool:
-    if dsm == "local_global" and op not in ATTENTION_OPS:
+    attention = is_attention_op(op)
+    if dsm == "local_global" and not attention:
         return False
-    if op in ATTENTION_OPS:
+    if attention:
         if width % head_dim:
             return False
         if dsm == "block" and cin % head_dim:

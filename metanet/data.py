@@ -1,0 +1,184 @@
+"""Data for the evaluation stages: upstream label sources and downstream tasks.
+
+Two loaders ship with metanet (registered by the ``metanet.plugins.datasets`` plugin):
+
+* ``digits``: scikit-learn's handwritten digits (shipped with scikit-learn, no download), upscaled
+  to the proxy resolution. Upstream sees digits 0-6 under three label sources: ``digit`` (7
+  classes), ``parity`` and ``magnitude`` (0-3 vs 4-6). The downstream task ``heldout_digits``
+  (7, 8, 9) uses images the upstream never saw.
+* ``folder``: a directory with ``upstream/<source>/`` and ``downstream/<task>/``, each an
+  ImageFolder (class sub-folders), or holding ``train/`` and ``test/`` ImageFolders.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+
+class DataError(ValueError):
+    """Unusable data; the message names the folder, file or task."""
+
+
+@dataclass
+class Split:
+    """One labelled classification problem with its train and test sets."""
+
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    classes: list[str]
+
+    def labels(self, which: str = "train") -> torch.Tensor:
+        ds = self.train if which == "train" else self.test
+        return dataset_labels(ds)
+
+
+@dataclass
+class DataBundle:
+    name: str
+    resolution: int
+    sources: dict[str, Split] = field(default_factory=dict)  # upstream label sources
+    tasks: dict[str, Split] = field(default_factory=dict)    # downstream tasks
+    in_chans: int = 3
+
+    def require_sources(self, names=None) -> dict[str, Split]:
+        if not self.sources:
+            raise DataError(f"data '{self.name}' has no upstream sources")
+        return _select(self.sources, names, f"data '{self.name}'", "source")
+
+    def require_tasks(self, names=None) -> dict[str, Split]:
+        if not self.tasks:
+            raise DataError(f"data '{self.name}' has no downstream tasks")
+        return _select(self.tasks, names, f"data '{self.name}'", "task")
+
+
+def _select(table, names, where, kind):
+    if names is None:
+        return dict(table)
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n]
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise DataError(f"{where}: unknown {kind} {unknown[0]!r} (has {', '.join(table)})")
+    return {n: table[n] for n in names}
+
+
+def dataset_labels(ds: Dataset) -> torch.Tensor:
+    if isinstance(ds, TensorDataset):
+        return ds.tensors[1]
+    if isinstance(ds, Subset):
+        return dataset_labels(ds.dataset)[torch.as_tensor(ds.indices)]
+    if hasattr(ds, "targets"):
+        return torch.as_tensor(ds.targets)
+    return torch.as_tensor([ds[i][1] for i in range(len(ds))])
+
+
+def _split_indices(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test = max(1, int(round(n * test_fraction)))
+    return perm[n_test:], perm[:n_test]
+
+
+# -- digits ---------------------------------------------------------------------------------
+
+UPSTREAM_DIGITS = tuple(range(7))
+HELDOUT_DIGITS = (7, 8, 9)
+
+
+def load_digits_bundle(resolution: int = 32, seed: int = 0, test_fraction: float = 0.3) -> DataBundle:
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images = torch.as_tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+    images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    images = ((images - 0.5) / 0.5).repeat(1, 3, 1, 1)
+    target = torch.as_tensor(digits.target, dtype=torch.long)
+
+    up = torch.isin(target, torch.tensor(UPSTREAM_DIGITS))
+    x_up, y_up = images[up], target[up]
+    tr, te = _split_indices(len(y_up), test_fraction, seed)
+    labels = {
+        "digit": (y_up, [str(d) for d in UPSTREAM_DIGITS]),
+        "parity": (y_up % 2, ["even", "odd"]),
+        "magnitude": ((y_up >= 4).long(), ["0-3", "4-6"]),
+    }
+    sources = {name: Split(TensorDataset(x_up[tr], y[tr]), TensorDataset(x_up[te], y[te]), len(cls), cls)
+               for name, (y, cls) in labels.items()}
+
+    down = torch.isin(target, torch.tensor(HELDOUT_DIGITS))
+    x_dn, y_dn = images[down], target[down] - HELDOUT_DIGITS[0]
+    tr, te = _split_indices(len(y_dn), test_fraction, seed + 1)
+    tasks = {"heldout_digits": Split(TensorDataset(x_dn[tr], y_dn[tr]), TensorDataset(x_dn[te], y_dn[te]),
+                                     len(HELDOUT_DIGITS), [str(d) for d in HELDOUT_DIGITS])}
+    return DataBundle("digits", resolution, sources, tasks)
+
+
+# -- ImageFolder directories ------------------------------------------------------------------
+
+def _image_loader(path: str):
+    from PIL import Image
+    try:
+        with open(path, "rb") as fh:
+            return Image.open(fh).convert("RGB")
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+
+
+def _image_folder(path: Path, transform):
+    from torchvision.datasets import ImageFolder
+    if not path.is_dir():
+        raise DataError(f"{path}: no such folder")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise DataError(f"{path}: folder is not readable")
+    try:
+        ds = ImageFolder(str(path), transform=transform, loader=_image_loader)
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: empty folder: {str(exc).split(' in ')[0]} (expected one sub-folder per class "
+                        "holding images)") from None
+    except PermissionError as exc:
+        raise DataError(f"{path}: not readable ({exc.strerror})") from None
+    if len(ds.classes) < 2:
+        raise DataError(f"{path}: has one class ({ds.classes[0]!r}); a classification task needs at least two")
+    return ds
+
+
+def _folder_split(path: Path, transform, seed: int, test_fraction: float) -> Split:
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        train = _image_folder(path / "train", transform)
+        test = _image_folder(path / "test", transform)
+        if test.classes != train.classes:
+            raise DataError(f"{path}: train/ and test/ have different classes")
+        return Split(train, test, len(train.classes), list(train.classes))
+    full = _image_folder(path, transform)
+    tr, te = _split_indices(len(full), test_fraction, seed)
+    return Split(Subset(full, tr.tolist()), Subset(full, te.tolist()), len(full.classes), list(full.classes))
+
+
+def load_folder_bundle(root: str | os.PathLike, resolution: int = 32, seed: int = 0,
+                       test_fraction: float = 0.2) -> DataBundle:
+    from torchvision import transforms
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder")
+    transform = transforms.Compose([transforms.Resize((resolution, resolution)), transforms.ToTensor(),
+                                    transforms.Normalize([0.5] * 3, [0.5] * 3)])
+    parts = {}
+    for part in ("upstream", "downstream"):
+        folder = root / part
+        if not folder.exists():
+            parts[part] = {}
+            continue
+        if not folder.is_dir() or not os.access(folder, os.R_OK | os.X_OK):
+            raise DataError(f"{folder}: not a readable folder")
+        subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+        if not subdirs:
+            kind = "source" if part == "upstream" else "task"
+            raise DataError(f"{folder}: empty folder (expected one sub-folder per {kind})")
+        parts[part] = {p.name: _folder_split(p, transform, seed, test_fraction) for p in subdirs}
+    if not parts["upstream"] and not parts["downstream"]:
+        raise DataError(f"{root}: expected an upstream/ and/or a downstream/ folder")
+    return DataBundle(root.name, resolution, parts["upstream"], parts["downstream"])

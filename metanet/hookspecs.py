@@ -1,0 +1,113 @@
+"""Hook specifications: every extension point of metanet, in one module.
+
+Plugins implement these with the :data:`metanet.hookimpl` marker (or an unmarked function with the
+same ``metanet_`` name). Collection hooks receive a ``register`` callback and are called once per
+plugin when the plugin manager loads, so what each plugin registers is attributed to it.
+"""
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("metanet")
+hookimpl = pluggy.HookimplMarker("metanet")
+
+
+# -- collection hooks -------------------------------------------------------------------------
+
+@hookspec
+def metanet_register_search_spaces(register):
+    """Register search spaces: ``register(name, space)``.
+
+    Called once per plugin at load time. ``space`` is a
+    :class:`metanet.search_spaces.unified.SpaceConfig` (choice lists over the unified skeleton).
+    The name is what ``--space`` selects. Returns nothing.
+    """
+
+
+@hookspec
+def metanet_register_operators(register):
+    """Register block operators: ``register(name, factory, cost=None, attention=False)``.
+
+    Called once per plugin at load time. ``factory(cin, cout, stride, expand, head_dim, drop_path,
+    grid)`` returns an ``nn.Module`` mapping NCHW to NCHW (stride and width change happen in the
+    first block of a stage). ``cost`` has the same arguments plus ``hw_in``/``hw_out`` and returns
+    ``(flops, params)``; without it the estimator counts one built block with fvcore (cached per
+    shape). ``attention=True`` lets LG-DSM and the head-dim rules apply. Returns nothing.
+    """
+
+
+@hookspec
+def metanet_register_strategies(register):
+    """Register search strategies: ``register(name, factory, description="")``.
+
+    Called once per plugin at load time. ``factory(**options)`` returns an NNI 3.0 strategy.
+    Returns nothing.
+    """
+
+
+@hookspec
+def metanet_register_datasets(register):
+    """Register data sources: ``register(name, loader, description="")``.
+
+    Called once per plugin at load time. ``loader(resolution, seed, **options)`` returns a
+    :class:`metanet.data.DataBundle` (upstream label sources and downstream tasks). Returns nothing.
+    """
+
+
+@hookspec
+def metanet_register_stages(register):
+    """Register evaluation stages: ``register(name, defaults=None, description="")``.
+
+    Called once per plugin at load time. ``defaults`` is the stage's configuration (epochs,
+    batch size, lr ...) that users override. The stage runs through :func:`metanet_run_stage`.
+    Returns nothing.
+    """
+
+
+@hookspec
+def metanet_register_exporters(register):
+    """Register export formats: ``register(name, export, description="")``.
+
+    Called once per plugin at load time. ``export(model, spec, out_dir, **options)`` writes the
+    format into ``out_dir`` and returns the path it wrote. Returns nothing.
+    """
+
+
+# -- running a candidate ------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def metanet_run_stage(stage, context):
+    """Run evaluation stage ``stage`` (its registered name) on one candidate.
+
+    ``context`` is a :class:`metanet.stages.StageContext`: the candidate ``model`` (a backbone
+    without classifier), its ``spec``, the ``data`` bundle, the stage's merged ``config``, and
+    ``state``, what earlier stages left (``state[stage_name]`` holds their weights and metrics).
+    Return a dict of metric name -> number (and store weights in ``context.state[stage]``), or
+    ``None`` when this implementation does not handle ``stage``. Stops at first non-None result.
+    """
+
+
+# -- observing a search -----------------------------------------------------------------------
+
+@hookspec
+def metanet_trial_started(trial):
+    """A candidate is about to be evaluated. ``trial`` is a dict with ``id``, ``spec`` (dict),
+    ``stages`` and ``budget``. Return value ignored."""
+
+
+@hookspec
+def metanet_trial_finished(trial, metrics):
+    """A candidate finished all its stages. ``metrics`` maps ``"stage.metric"`` to numbers and
+    holds ``score``, what the search optimises. Return value ignored."""
+
+
+@hookspec
+def metanet_trial_failed(trial, error):
+    """A candidate failed. ``error`` is a dict with ``stage``, ``plugin`` (the plugin whose code
+    raised, when known) and ``message``. The search goes on. Return value ignored."""
+
+
+@hookspec
+def metanet_search_finished(run):
+    """A search ended. ``run`` is a dict with ``out_dir``, ``trials`` (count), ``failed`` and ``best``
+    (per budget). Return value ignored."""

@@ -1,0 +1,143 @@
+"""Small training helpers shared by the stage plugins: batches, optimisers, heads, accuracy."""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+OPTIMIZERS = ("sgd", "adamw", "adam")
+
+
+def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pooled backbone features (B, num_features) of a timm-style model."""
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
+    name = name.lower()
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer: unknown optimiser {name!r} (expected one of {', '.join(OPTIMIZERS)})")
+
+
+def total_steps(n_examples: int, batch_size: int, epochs: float, max_steps: int | None) -> int:
+    """Steps for ``epochs`` passes, capped by ``max_steps`` (epochs=inf: exactly max_steps)."""
+    if math.isinf(epochs):
+        if not max_steps:
+            raise ValueError("max_steps is needed when epochs is unbounded")
+        return max_steps
+    steps = max(1, math.ceil(epochs * n_examples / batch_size))
+    return min(steps, max_steps) if max_steps else steps
+
+
+def batches(ds: Dataset, batch_size: int, seed: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """An endless stream of shuffled batches (reshuffled every epoch)."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        loader = DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, generator=g, drop_last=True)
+        for x, y in loader:
+            yield x.to(device), torch.as_tensor(y).to(device)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, head: nn.Module, ds: Dataset, device, batch_size: int = 256) -> float:
+    model.eval()
+    head.eval()
+    correct = total = 0
+    for x, y in DataLoader(ds, batch_size=batch_size):
+        pred = head(features(model, x.to(device))).argmax(-1).cpu()
+        correct += int((pred == torch.as_tensor(y)).sum())
+        total += len(y)
+    return correct / max(total, 1)
+
+
+@torch.no_grad()
+def extract(model: nn.Module, ds: Dataset, device, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    xs, ys = [], []
+    for x, y in DataLoader(ds, batch_size=batch_size):
+        xs.append(features(model, x.to(device)).cpu())
+        ys.append(torch.as_tensor(y))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A cheap on-tensor view for contrastive learning: random shifted crop, contrast and noise."""
+    b, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    contrast = (0.8 + 0.4 * torch.rand(b, 1, 1, 1, generator=generator)).to(x.device)
+    return out * contrast + 0.05 * torch.randn(out.shape, generator=generator).to(x.device)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's normalised-temperature cross entropy between two views."""
+    z = F.normalize(torch.cat([z1, z2]), dim=-1)
+    sim = z @ z.t() / temperature
+    n = z1.shape[0]
+    sim.fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+class LossLog:
+    """Keeps the training losses of a stage; first/last are means over a few steps."""
+
+    def __init__(self, window: int = 3):
+        self.values: list[float] = []
+        self.window = window
+
+    def add(self, loss: torch.Tensor | float) -> None:
+        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training loss is {value}")
+        self.values.append(value)
+
+    def summary(self) -> dict[str, float]:
+        k = max(1, min(self.window, len(self.values) // 2 or 1))
+        return {"train_loss_first": sum(self.values[:k]) / k, "train_loss_last": sum(self.values[-k:]) / k,
+                "train_steps": float(len(self.values))}
+
+
+def linear_head(in_features: int, num_classes: int, device) -> nn.Linear:
+    head = nn.Linear(in_features, num_classes)
+    nn.init.trunc_normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+    return head.to(device)
+
+
+def state_to_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def train_classifier(model: nn.Module, head: nn.Module, ds: Dataset, cfg: dict, seed: int, device,
+                     lr: float | None = None, epochs: float | None = None, max_steps: int | None = None) -> LossLog:
+    """Supervised training of backbone + head with cross entropy; returns the loss log."""
+    model.train()
+    head.train()
+    params = [*model.parameters(), *head.parameters()]
+    opt = make_optimizer(params, cfg.get("optimizer", "adamw"), lr if lr is not None else cfg["lr"],
+                         cfg.get("weight_decay", 0.0))
+    steps = total_steps(len(ds), cfg["batch_size"], epochs if epochs is not None else cfg["epochs"],
+                        max_steps if max_steps is not None else cfg.get("max_steps"))
+    stream = batches(ds, cfg["batch_size"], seed, device)
+    log = LossLog()
+    for _ in range(steps):
+        x, y = next(stream)
+        loss = F.cross_entropy(head(features(model, x)), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log.add(loss)
+    return log

@@ -1,0 +1,62 @@
+"""Built-in stage ``amateur``: INTERN's multi-source upstream pre-training of the candidate.
+
+One supervised head per label source, trained at once (the losses are summed each step), plus a
+SimCLR-style contrastive objective on two augmented views of the images.
+"""
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from metanet.hookspecs import hookimpl
+from metanet.training import (LossLog, augment, batches, evaluate, features, linear_head, make_optimizer, nt_xent,
+                              state_to_cpu, total_steps)
+
+DEFAULTS = {"epochs": 3, "max_steps": 40, "batch_size": 64, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05,
+            "sources": None, "contrastive_weight": 0.5, "temperature": 0.2, "projection_dim": 64}
+
+
+@hookimpl
+def metanet_register_stages(register):
+    register("amateur", defaults=DEFAULTS,
+             description="multi-source pre-training: one head per label source + contrastive views")
+
+
+@hookimpl
+def metanet_run_stage(stage, context):
+    if stage != "amateur":
+        return None
+    cfg, device = context.config, context.device
+    sources = context.data.require_sources(cfg["sources"])
+    model = copy.deepcopy(context.model).train()
+    nf = model.num_features
+    heads = nn.ModuleDict({s: linear_head(nf, split.num_classes, device) for s, split in sources.items()})
+    proj = nn.Sequential(nn.Linear(nf, nf // 2), nn.ReLU(), nn.Linear(nf // 2, cfg["projection_dim"])).to(device)
+    params = [*model.parameters(), *heads.parameters(), *proj.parameters()]
+    opt = make_optimizer(params, cfg["optimizer"], cfg["lr"], cfg["weight_decay"])
+    streams = {s: batches(split.train, cfg["batch_size"], context.seed + i, device)
+               for i, (s, split) in enumerate(sources.items())}
+    steps = total_steps(max(len(s.train) for s in sources.values()), cfg["batch_size"], cfg["epochs"], cfg["max_steps"])
+    g = torch.Generator().manual_seed(context.seed)
+    log = LossLog()
+    for _ in range(steps):
+        loss = 0.0
+        images = None
+        for s, stream in streams.items():
+            x, y = next(stream)
+            images = x if images is None else images
+            loss = loss + F.cross_entropy(heads[s](features(model, x)), y)
+        if cfg["contrastive_weight"] > 0:
+            z1 = proj(features(model, augment(images, g)))
+            z2 = proj(features(model, augment(images, g)))
+            loss = loss + cfg["contrastive_weight"] * nt_xent(z1, z2, cfg["temperature"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log.add(loss)
+    metrics = {f"{s}.acc": evaluate(model, heads[s], split.test, device) for s, split in sources.items()}
+    metrics["acc"] = sum(metrics.values()) / len(sources)
+    metrics.update(log.summary())
+    context.state["amateur"] = {"weights": state_to_cpu(model), "heads": state_to_cpu(heads)}
+    return metrics

@@ -1,0 +1,74 @@
+"""Built-in stage ``generalist``: one model distilled from all the experts.
+
+The student starts from the amateur weights (or as built) and learns, per source, from the labels,
+from the expert's softened logits (KL divergence at a temperature) and from the expert's pooled
+features (MSE), as INTERN's generalist takes the experts' knowledge back into one backbone.
+"""
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from metanet.hookspecs import hookimpl
+from metanet.training import (LossLog, batches, evaluate, features, linear_head, make_optimizer, state_to_cpu,
+                              total_steps)
+
+DEFAULTS = {"epochs": 2, "max_steps": 30, "batch_size": 64, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.05,
+            "temperature": 2.0, "label_weight": 1.0, "logit_weight": 1.0, "feature_weight": 1.0}
+
+
+@hookimpl
+def metanet_register_stages(register):
+    register("generalist", defaults=DEFAULTS,
+             description="multi-teacher distillation of the experts (logits + features) into one model")
+
+
+@hookimpl
+def metanet_run_stage(stage, context):
+    if stage != "generalist":
+        return None
+    cfg, device = context.config, context.device
+    experts = context.state.get("expert", {}).get("experts")
+    if not experts:
+        raise RuntimeError("generalist distils the experts: run the 'expert' stage before it")
+    sources = context.data.require_sources(list(experts))
+    student, origin = context.model_from("amateur")
+    student.train()
+    heads = nn.ModuleDict()
+    teachers, teacher_heads = {}, {}
+    for s, split in sources.items():
+        teacher = copy.deepcopy(context.model)
+        teacher.load_state_dict(experts[s]["weights"])
+        teachers[s] = teacher.eval().requires_grad_(False)
+        th = linear_head(teacher.num_features, split.num_classes, device)
+        th.load_state_dict(experts[s]["head"])
+        teacher_heads[s] = th.eval().requires_grad_(False)
+        heads[s] = copy.deepcopy(th).requires_grad_(True).train()  # the student's head starts from the expert's
+    opt = make_optimizer([*student.parameters(), *heads.parameters()], cfg["optimizer"], cfg["lr"], cfg["weight_decay"])
+    streams = {s: batches(split.train, cfg["batch_size"], context.seed + i, device)
+               for i, (s, split) in enumerate(sources.items())}
+    steps = total_steps(max(len(s.train) for s in sources.values()), cfg["batch_size"], cfg["epochs"], cfg["max_steps"])
+    t = cfg["temperature"]
+    log = LossLog()
+    for _ in range(steps):
+        loss = 0.0
+        for s, stream in streams.items():
+            x, y = next(stream)
+            with torch.no_grad():
+                t_feat = features(teachers[s], x)
+                t_logits = teacher_heads[s](t_feat)
+            s_feat = features(student, x)
+            s_logits = heads[s](s_feat)
+            kd = F.kl_div(F.log_softmax(s_logits / t, -1), F.softmax(t_logits / t, -1), reduction="batchmean") * t * t
+            loss = loss + cfg["label_weight"] * F.cross_entropy(s_logits, y) + cfg["logit_weight"] * kd \
+                + cfg["feature_weight"] * F.mse_loss(s_feat, t_feat)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log.add(loss)
+    metrics = {f"{s}.acc": evaluate(student, heads[s], split.test, device) for s, split in sources.items()}
+    metrics["acc"] = sum(metrics.values()) / len(sources)
+    metrics.update(log.summary())
+    context.state["generalist"] = {"weights": state_to_cpu(student), "heads": state_to_cpu(heads), "origin": origin}
+    return metrics

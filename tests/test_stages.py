@@ -1,0 +1,126 @@
+"""INTERN's stages as plugins: the whole pipeline on the digits default, scores and settings."""
+import math
+import random
+import time
+
+import pytest
+import torch
+
+from conftest import tiny_spec_dict
+from metanet.data import HELDOUT_DIGITS, load_digits_bundle
+from metanet.plugin_manager import get_plugin_manager
+from metanet.search_spaces.spec import ArchSpec
+from metanet.search_spaces.unified import sample_within_budget
+from metanet.stages import combine_score, default_score_weights, evaluate_candidate, parse_score
+
+TINY = {"amateur": {"max_steps": 12, "batch_size": 32}, "expert": {"max_steps": 6, "batch_size": 32},
+        "generalist": {"max_steps": 8, "batch_size": 32}, "downstream": {"epochs": 40}}
+ALL_STAGES = ["zero-cost", "amateur", "expert", "generalist", "downstream"]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_bundle(24)
+
+
+def test_digits_bundle_sources_and_held_out_task(digits):
+    assert set(digits.sources) == {"digit", "parity", "magnitude"}
+    assert digits.sources["digit"].num_classes == 7 and digits.sources["parity"].num_classes == 2
+    x, _ = digits.sources["digit"].train[0]
+    assert x.shape == (3, 24, 24)
+    task = digits.tasks["heldout_digits"]
+    assert task.classes == [str(d) for d in HELDOUT_DIGITS]
+    # the downstream images are ones the upstream never saw (different digits altogether)
+    up = torch.stack([digits.sources["digit"].train[i][0] for i in range(50)])
+    down = torch.stack([task.train[i][0] for i in range(len(task.train))])
+    assert not any(torch.equal(u, d) for u in up for d in down)
+
+
+def test_a_candidate_runs_through_every_stage_under_a_minute(space, digits):
+    spec = sample_within_budget(space, 200e6, random.Random(3))
+    start = time.perf_counter()
+    result = evaluate_candidate(spec, ALL_STAGES, digits, config=TINY, seed=0)
+    elapsed = time.perf_counter() - start
+    assert result.status == "finished", result.error
+    assert elapsed < 60
+    assert all(math.isfinite(v) for v in result.metrics.values())
+    assert result.score == result.metrics["downstream.acc"] == result.metrics["score"]
+    for stage in ("amateur", "expert", "generalist", "downstream"):
+        assert result.metrics[f"{stage}.train_loss_last"] < result.metrics[f"{stage}.train_loss_first"], stage
+    assert 0 <= result.metrics["downstream.acc"] <= 1
+    # the stages handed weights along: expert from amateur, downstream from the generalist
+    assert all(e["origin"] == "amateur" for e in result.state["expert"]["experts"].values())
+    assert result.state["generalist"]["origin"] == "amateur"
+    assert result.state["downstream"]["backbone"] == "generalist"
+    # GV-B: 10% of the task's training labels
+    n_train = len(digits.tasks["heldout_digits"].train)
+    assert result.metrics["downstream.heldout_digits.labels_used"] == pytest.approx(0.1 * n_train, abs=3)
+
+
+def test_downstream_from_scratch_baseline_and_finetune(digits):
+    spec = ArchSpec.from_dict(tiny_spec_dict())
+    result = evaluate_candidate(spec, ["downstream"], digits, seed=0, config={"downstream": {
+        "epochs": 20, "from_scratch": True, "scratch_max_steps": 10, "finetune_steps": 5}})
+    assert result.status == "finished", result.error
+    m = result.metrics
+    assert {"downstream.scratch_acc", "downstream.adapted_minus_scratch", "downstream.heldout_digits.finetune_acc"} <= set(m)
+    assert m["downstream.adapted_minus_scratch"] == pytest.approx(m["downstream.acc"] - m["downstream.scratch_acc"])
+    assert result.state["downstream"]["backbone"] == "init"
+
+
+@pytest.mark.parametrize("proxy", ["naswot", "grad_norm"])
+def test_zero_cost_proxies_rank_something(digits, proxy):
+    spec = ArchSpec.from_dict(tiny_spec_dict())
+    result = evaluate_candidate(spec, ["zero-cost"], digits, config={"zero-cost": {"proxy": proxy}})
+    assert result.status == "finished" and math.isfinite(result.score) and result.score > 0
+    assert result.score == result.metrics["zero-cost.score"]
+
+
+def test_generalist_without_experts_is_a_clear_failure(digits):
+    spec = ArchSpec.from_dict(tiny_spec_dict())
+    result = evaluate_candidate(spec, ["generalist"], digits)
+    assert result.status == "failed"
+    assert result.error["plugin"] == "metanet.plugins.generalist"
+    assert "run the 'expert' stage before it" in result.error["message"]
+
+
+def test_bad_settings_raise_before_any_work(digits):
+    spec = ArchSpec.from_dict(tiny_spec_dict())
+    with pytest.raises(KeyError, match="stage 'amateur': unknown setting 'epoch'"):
+        evaluate_candidate(spec, ["amateur"], digits, config={"amateur": {"epoch": 3}})
+    with pytest.raises(KeyError, match="unknown stage 'pretrain'"):
+        evaluate_candidate(spec, ["pretrain"], digits)
+    with pytest.raises(KeyError, match="settings for stage 'expert'"):
+        evaluate_candidate(spec, ["amateur"], digits, config={"expert": {"lr": 1.0}})
+    bad = evaluate_candidate(spec, ["zero-cost"], digits, config={"zero-cost": {"proxy": "synflow"}})
+    assert bad.status == "failed" and "unknown proxy 'synflow'" in bad.error["message"]
+
+
+def test_score_weights():
+    assert default_score_weights(ALL_STAGES) == {"downstream.acc": 1.0}
+    assert default_score_weights(["zero-cost"]) == {"zero-cost.score": 1.0}
+    assert default_score_weights(["zero-cost", "amateur"]) == {"amateur.acc": 1.0}
+    weights = parse_score("downstream.acc=1, zero-cost.score=0.01")
+    assert combine_score({"downstream.acc": 0.5, "zero-cost.score": 100.0}, weights) == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="not a number"):
+        parse_score("downstream.acc=high")
+    with pytest.raises(KeyError, match="metric 'expert.acc' was not produced"):
+        combine_score({"amateur.acc": 1.0}, {"expert.acc": 1.0})
+
+
+def test_evaluate_command(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from metanet.cli import cli
+    path = tmp_path / "arch.json"
+    ArchSpec.from_dict(tiny_spec_dict()).save(path)
+    result = CliRunner().invoke(cli, ["evaluate", str(path), "--stages", "zero-cost,amateur", "--json",
+                                      "--set", "amateur.max_steps=3", "--proxy-resolution", "16"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["status"] == "finished" and data["score"] == data["metrics"]["amateur.acc"]
+    bad = CliRunner().invoke(cli, ["evaluate", str(path), "--set", "amateur=3"])
+    assert bad.exit_code == 2 and "STAGE.SETTING=VALUE" in bad.output
+    assert get_plugin_manager() is not None
