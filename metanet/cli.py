@@ -334,6 +334,117 @@ def evaluate_cmd(spec, stages, data_source, proxy_resolution, sets, score, seed,
                                    f"{err['message']}")
 
 
+SEARCH_OPTIONS = ("space", "flops", "strategy", "trials", "stages", "data", "resolution", "proxy_resolution", "seed",
+                  "out", "engine", "concurrency", "port", "band", "budget_mode", "training_service", "score")
+
+
+@cli.command("search")
+@click.option("--space", "space_name", default=None, help="Search space  [default: unified]")
+@click.option("--flops", default=None, help="FLOP budget(s), e.g. 600M or 300M,600M,1.2G  [default: 300M]")
+@click.option("--strategy", default=None, help="random, evolution, tpe, ppo or a plugin's  [default: random]")
+@click.option("--trials", type=click.IntRange(min=1), default=None, help="Trials per budget  [default: 6]")
+@click.option("--stages", default=None, help="Stage plugins in order  [default: zero-cost,amateur,downstream]")
+@click.option("--set", "sets", multiple=True, metavar="STAGE.KEY=VALUE", help="Override a stage setting.")
+@click.option("--score", default=None, help="Score as weighted metrics, e.g. downstream.acc=1.")
+@click.option("--data", default=None, help="digits, or a folder with upstream/ and downstream/  [default: digits]")
+@click.option("--resolution", type=click.IntRange(min=16), default=None,
+              help="Deployment resolution at which FLOPs are counted  [default: 224]")
+@click.option("--proxy-resolution", type=click.IntRange(min=8), default=None,
+              help="Image size the stages train at  [default: 32]")
+@click.option("--band", default=None, help="Accepted FLOPs as LOW,HIGH fractions of the budget  [default: 0.9,1.0]")
+@click.option("--budget-mode", type=click.Choice(["project", "screen"]), default=None,
+              help="project: map proposals into the band; screen: drop those outside  [default: project]")
+@click.option("--seed", type=int, default=None, help="Random seed  [default: 0]")
+@click.option("--out", default=None, help="Run directory  [default: runs/search-<time>]")
+@click.option("--engine", type=click.Choice(["sequential", "ts"]), default=None,
+              help="sequential: in-process; ts: NNI training service, trials as processes  [default: sequential]")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Parallel trials (ts engine).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="NNI web UI port (ts engine).")
+@click.option("--training-service", default=None,
+              help="local, or a YAML/JSON file listing remote machines (NNI remote over SSH)  [default: local]")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML or TOML file with the same options; flags override it.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
+              help="Continue the search in RUN_DIR: finished trials are kept, in-flight ones re-run.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def search_cmd(ctx, sets, config_file, resume_dir, as_json, **flags):
+    """Search architectures under FLOP budgets; every trial is stored in the run directory.
+
+    With no arguments: the digits data, a 300M budget, 6 random trials, stages
+    zero-cost,amateur,downstream (a few minutes on 2 CPU cores).
+    """
+    from metanet.search import SearchConfig, SearchError, load_config_file, load_run, run_search
+    flags["space"] = flags.pop("space_name")
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        if resume_dir:
+            if given or config_file or sets:
+                raise SearchError("--resume continues a run as it was configured; give no other search options")
+            cfg = load_run(resume_dir)
+        else:
+            data = load_config_file(config_file) if config_file else {}
+            data.update(given)
+            if "band" in given:
+                data["band"] = _band(ctx, None, given["band"])
+            if "score" in data and isinstance(data["score"], str):
+                from metanet.stages import parse_score
+                data["score"] = parse_score(data["score"])
+            if sets:
+                merged = dict(data.get("settings") or {})
+                for stage, values in _parse_sets(sets).items():
+                    merged[stage] = {**merged.get(stage, {}), **values}
+                data["settings"] = merged
+            data["plugins"] = list((ctx.find_root().obj or {}).get("plugins", ()))
+            cfg = SearchConfig.from_dict(data, source=config_file or "options")
+        summary = run_search(cfg, resume=bool(resume_dir), echo=(lambda m: click.echo(m, err=True)))
+    except (SearchError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    best = {str(b): (r and {"id": r["id"], "flops": r["flops"], "params": r["params"], "score": r["score"]})
+            for b, r in summary.best.items()}
+    if as_json:
+        _emit_json({"run_dir": str(summary.run_dir), "trials": summary.trials, "failed": summary.failed,
+                    "screened": {str(k): v for k, v in summary.screened.items()}, "best": best,
+                    "plot": str(summary.plot) if summary.plot else None})
+        return
+    click.echo(summary.table)
+    click.echo(f"run directory: {summary.run_dir}   (metanet results {summary.run_dir})")
+    if summary.plot:
+        click.echo(f"plot: {summary.plot}")
+
+
+@cli.command("results")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--top", "top", type=click.IntRange(min=1), default=None, help="Only the K best per budget.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def results_cmd(run_dir, top, as_json):
+    """The trials of a search run, best per budget first."""
+    from metanet.search import STORE_FILE, SearchError, load_run
+    from metanet.store import TrialStore
+    try:
+        cfg = load_run(run_dir)
+    except SearchError as exc:
+        raise click.ClickException(str(exc)) from None
+    import os
+    rows = TrialStore(os.path.join(run_dir, STORE_FILE)).trials()
+    ordered = []
+    for b in cfg.flops:
+        mine = [r for r in rows if r["budget"] == b]
+        mine.sort(key=lambda r: (r["status"] != "ok", -(r["score"] if r["score"] is not None else float("-inf"))))
+        ordered.extend(mine[:top] if top else mine)
+    if as_json:
+        _emit_json([{k: r[k] for k in ("id", "budget", "status", "spec", "flops", "params", "score", "metrics",
+                                          "error", "seconds", "seed")} for r in ordered])
+        return
+    click.echo(f"{'id':>4} {'budget':>7} {'status':>7} {'FLOPs':>8} {'params':>8} {'score':>9}  layout / error")
+    for r in ordered:
+        score = f"{r['score']:.4f}" if r["score"] is not None else "-"
+        from metanet.search_spaces.spec import ArchSpec
+        detail = r["error"] if r["status"] == "failed" else ArchSpec.from_dict(r["spec"]).describe()
+        click.echo(f"{r['id']:>4} {format_flops(r['budget']):>7} {r['status']:>7} {format_flops(r['flops']):>8} "
+                   f"{format_flops(r['params']):>8} {score:>9}  {(detail or '')[:110]}")
+
+
 @cli.command("presets")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def presets_cmd(as_json):

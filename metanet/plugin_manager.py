@@ -28,6 +28,7 @@ ENV_DISABLE_AUTOLOAD = "METANET_DISABLE_PLUGIN_AUTOLOAD"
 DEFAULT_PLUGINS = (
     "metanet.plugins.spaces",
     "metanet.plugins.datasets",
+    "metanet.plugins.strategies",
     "metanet.plugins.zero_cost",
     "metanet.plugins.amateur",
     "metanet.plugins.expert",

@@ -7,12 +7,11 @@ exactly the valid architectures. Freezing a sample gives the plain :class:`MetaN
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any, Iterable
 
-with warnings.catch_warnings():
-    # NNI 3.0 touches torch.nn.parameter.Buffer-era APIs that newer torch deprecates.
-    warnings.simplefilter("ignore")
+from metanet.quiet import quiet
+
+with quiet():
     import nni
     from nni.mutable import Constraint, LabeledMutable, Mutable
     from nni.mutable.exception import ConstraintViolation, SampleValidationError
@@ -20,7 +19,7 @@ with warnings.catch_warnings():
 
 from .metanet import MetaNet
 from .spec import ArchSpec, SpecError, spec_keys
-from .unified import DEFAULT_SPACE, SpaceConfig
+from .unified import DEFAULT_SPACE, SpaceConfig, project_to_budget
 
 CONSTRAINT_LABEL = "valid_arch"
 
@@ -53,28 +52,61 @@ class ArchConstraint(Constraint):
 
 
 class UnifiedSpace(ModelSpace):
-    """NNI model space over INTERN's unified conv + transformer skeleton."""
+    """NNI model space over INTERN's unified conv + transformer skeleton.
 
-    def __init__(self, config: SpaceConfig = DEFAULT_SPACE, num_classes: int = 1000, img_size: int = 224):
+    With a ``budget`` in ``"project"`` mode, a sample is mapped to the architecture its seeded walk
+    reaches inside the FLOP band (:func:`project_to_budget`), so every proposal of a strategy becomes
+    an in-budget model; proposals the walk cannot bring into the band are screened out before they
+    are built (see :func:`budget_filter`).
+    """
+
+    def __init__(self, config: SpaceConfig = DEFAULT_SPACE, num_classes: int = 1000, img_size: int = 224,
+                 budget: int | None = None, band: tuple[float, float] = (0.9, 1.0), resolution: int = 224,
+                 budget_mode: str = "project", seed: int = 0):
         super().__init__()
         self.config = config
         self.num_classes = num_classes
         self.img_size = img_size
+        self.budget_args = (budget, tuple(band), resolution, budget_mode, seed)
         choices = [self.add_mutable(nni.choice(label, values)) for label, values in config.choices().items()]
         self.add_mutable(ArchConstraint(choices))
 
     @classmethod
     def create_fixed_module(cls, sample: dict[str, Any], config: SpaceConfig = DEFAULT_SPACE,
-                            num_classes: int = 1000, img_size: int = 224) -> MetaNet:
+                            num_classes: int = 1000, img_size: int = 224, budget: int | None = None,
+                            band=(0.9, 1.0), resolution: int = 224, budget_mode: str = "project",
+                            seed: int = 0) -> MetaNet:
         # Inside NNI's frozen model context the space is never built: the plain model is.
-        return MetaNet(ArchSpec.from_sample(sample), num_classes=num_classes, img_size=img_size)
+        spec = resolve_spec(sample, config, budget, band, resolution, budget_mode, seed)
+        return MetaNet(spec, num_classes=num_classes, img_size=img_size)
 
     def freeze(self, sample: dict[str, Any]) -> MetaNet:
         self.validate(sample)
-        return MetaNet(ArchSpec.from_sample(sample), num_classes=self.num_classes, img_size=self.img_size)
+        spec = resolve_spec(sample, self.config, *self.budget_args)
+        return MetaNet(spec, num_classes=self.num_classes, img_size=self.img_size)
 
     def forward(self, x):  # pragma: no cover - a space is not a model
         raise RuntimeError("UnifiedSpace is a search space; freeze a sample to get a model")
+
+
+_projected: dict[tuple, ArchSpec | None] = {}
+
+
+def resolve_spec(sample, config, budget=None, band=(0.9, 1.0), resolution=224, budget_mode="project",
+                 seed=0) -> ArchSpec:
+    """The architecture a sample stands for: itself, or its projection into the FLOP band."""
+    spec = ArchSpec.from_sample(sample)
+    if budget is None or budget_mode != "project":
+        return spec
+    projected = project(spec, config, budget, band, resolution, seed)
+    return projected if projected is not None else spec
+
+
+def project(spec: ArchSpec, config: SpaceConfig, budget, band, resolution, seed) -> ArchSpec | None:
+    key = (spec.to_json(indent=None), config.name, budget, tuple(band), resolution, seed)
+    if key not in _projected:
+        _projected[key] = project_to_budget(config, spec, budget, band, resolution, seed=seed)
+    return _projected[key]
 
 
 def sample_to_spec(sample: dict[str, Any]) -> ArchSpec:

@@ -178,50 +178,74 @@ def _neighbours(space: SpaceConfig, sample: dict[str, Any], label: str):
     return [values[j] for j in (idx - 1, idx + 1) if 0 <= j < len(values)]
 
 
-def sample_within_budget(space: SpaceConfig, budget: float, rng: random.Random, band: tuple[float, float] = (0.9, 1.0),
-                         resolution: int = 224, num_classes: int = 1000, max_steps: int = 4000) -> ArchSpec:
-    """A random architecture whose FLOPs lie in ``[band[0] * budget, band[1] * budget]``.
-
-    Draws random architectures, then walks from the closest one toward the band, one choice at a
-    time (a step along a numeric list, or another operator / downsampling module); randomness in the start and in the step
-    order keeps the result diverse. Raises ``ValueError`` if the band is outside the space.
-    """
+def _check_reachable(space, budget, band, resolution, num_classes):
     lo_b, hi_b = band[0] * budget, band[1] * budget
     s_lo, s_hi = space.flops_range(resolution, num_classes)
     if hi_b < s_lo or lo_b > s_hi:
         raise ValueError(f"budget {format_flops(budget)} (band {format_flops(lo_b)}-{format_flops(hi_b)}) is outside "
                          f"what space '{space.name}' reaches at {resolution}px: {format_flops(s_lo)} to "
                          f"{format_flops(s_hi)} FLOPs")
+    return lo_b, hi_b
 
-    def flops(spec: ArchSpec) -> int:
-        return estimate(spec, resolution, num_classes).flops
 
-    def distance(f: float) -> float:
+def _walk(space: SpaceConfig, spec: ArchSpec, lo_b: float, hi_b: float, rng: random.Random, resolution: int,
+          num_classes: int, max_steps: int) -> tuple[ArchSpec, float, int]:
+    """Greedy random walk from ``spec`` toward the band; returns (spec, distance, steps used)."""
+    def distance(s: ArchSpec) -> float:
+        f = estimate(s, resolution, num_classes).flops
         return 0.0 if lo_b <= f <= hi_b else (math.log(lo_b / f) if f < lo_b else math.log(f / hi_b))
 
     labels = [label for label in space.choices() if label != "head_dim"]
-    steps = 0
-    while steps < max_steps:
+    d, steps, stalled = distance(spec), 0, 0
+    while d > 0 and stalled < 200 and steps < max_steps:
+        steps += 1
+        sample = spec.to_sample()
+        label = rng.choice(labels)
+        moves = _neighbours(space, sample, label)
+        rng.shuffle(moves)
+        improved = False
+        for value in moves:
+            cand = try_spec({**sample, label: value})
+            if cand is None:
+                continue
+            cd = distance(cand)
+            if cd < d:
+                spec, d, improved = cand, cd, True
+                break
+        stalled = 0 if improved else stalled + 1
+    return spec, d, steps
+
+
+def project_to_budget(space: SpaceConfig, spec: ArchSpec, budget: float, band: tuple[float, float] = (0.9, 1.0),
+                      resolution: int = 224, num_classes: int = 1000, seed: int = 0,
+                      max_steps: int = 2000) -> ArchSpec | None:
+    """The architecture in the FLOP band reached from ``spec`` by a seeded walk, or None.
+
+    Deterministic for a given spec and seed, so a strategy's proposal always maps to the same
+    in-budget architecture; a spec already in the band is returned unchanged.
+    """
+    lo_b, hi_b = _check_reachable(space, budget, band, resolution, num_classes)
+    rng = random.Random(f"{seed}:{spec.to_json(indent=None)}")
+    out, d, _ = _walk(space, spec, lo_b, hi_b, rng, resolution, num_classes, max_steps)
+    return out if d == 0 else None
+
+
+def sample_within_budget(space: SpaceConfig, budget: float, rng: random.Random, band: tuple[float, float] = (0.9, 1.0),
+                         resolution: int = 224, num_classes: int = 1000, max_steps: int = 4000) -> ArchSpec:
+    """A random architecture whose FLOPs lie in ``[band[0] * budget, band[1] * budget]``.
+
+    Draws random architectures, then walks from the closest one toward the band, one choice at a
+    time (a step along a numeric list, or another operator / downsampling module); randomness in
+    the start and in the step order keeps the result diverse. Raises ``ValueError`` if the band is
+    outside the space.
+    """
+    lo_b, hi_b = _check_reachable(space, budget, band, resolution, num_classes)
+    used = 0
+    while used < max_steps:
         starts = [space.random_spec(rng) for _ in range(16)]
-        spec = min(starts, key=lambda s: distance(flops(s)))
-        d = distance(flops(spec))
-        stalled = 0
-        while d > 0 and stalled < 200 and steps < max_steps:
-            steps += 1
-            sample = spec.to_sample()
-            label = rng.choice(labels)
-            moves = _neighbours(space, sample, label)
-            rng.shuffle(moves)
-            improved = False
-            for value in moves:
-                cand = try_spec({**sample, label: value})
-                if cand is None:
-                    continue
-                cd = distance(flops(cand))
-                if cd < d:
-                    spec, d, improved = cand, cd, True
-                    break
-            stalled = 0 if improved else stalled + 1
+        start = min(starts, key=lambda s: abs(math.log(estimate(s, resolution, num_classes).flops / hi_b)))
+        spec, d, steps = _walk(space, start, lo_b, hi_b, rng, resolution, num_classes, max_steps - used)
+        used += max(steps, 1)
         if d == 0:
             return spec
     raise ValueError(f"no architecture of space '{space.name}' found in band {format_flops(lo_b)}-{format_flops(hi_b)} "

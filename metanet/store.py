@@ -1,0 +1,105 @@
+"""The durable trial store of a search run: one SQLite file, written the moment a trial ends.
+
+Each trial is inserted as ``running`` when it starts and updated when it ends (``ok`` or ``failed``),
+in its own transaction, so a killed process loses nothing that finished; rows still ``running``
+are the ones that were in flight, which ``--resume`` evaluates again. Several trial processes (NNI's
+training-service engine) may write at once: SQLite's locking serialises them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS trials (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    budget INTEGER NOT NULL,
+    status TEXT NOT NULL,              -- running, ok, failed
+    spec TEXT NOT NULL,                -- the architecture spec, JSON
+    spec_key TEXT NOT NULL,            -- canonical JSON of the spec, for dedup and resume
+    flops INTEGER, params INTEGER,
+    metrics TEXT,                      -- every stage metric, JSON
+    score REAL,
+    error TEXT,
+    seconds REAL,
+    seed INTEGER,
+    started REAL, ended REAL
+);
+CREATE INDEX IF NOT EXISTS trials_budget ON trials (budget, status);
+CREATE TABLE IF NOT EXISTS counters (budget INTEGER, name TEXT, value INTEGER, PRIMARY KEY (budget, name));
+"""
+
+
+def spec_key(spec: dict[str, Any]) -> str:
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+class TrialStore:
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        with self._connect() as db:
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=60)
+        db.row_factory = sqlite3.Row
+        try:
+            with db:  # one transaction, committed on exit
+                yield db
+        finally:
+            db.close()
+
+    def start(self, budget: int, spec: dict, flops: int, params: int, seed: int) -> int:
+        with self._connect() as db:
+            cur = db.execute("INSERT INTO trials (budget, status, spec, spec_key, flops, params, seed, started) "
+                             "VALUES (?, 'running', ?, ?, ?, ?, ?, ?)",
+                             (budget, json.dumps(spec), spec_key(spec), flops, params, seed, time.time()))
+            return int(cur.lastrowid)
+
+    def finish(self, trial_id: int, status: str, metrics: dict, score: float | None, error: str | None,
+               seconds: float) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE trials SET status=?, metrics=?, score=?, error=?, seconds=?, ended=? WHERE id=?",
+                       (status, json.dumps(metrics), score, error, seconds, time.time(), trial_id))
+
+    def bump(self, budget: int, name: str, by: int = 1) -> None:
+        with self._connect() as db:
+            db.execute("INSERT INTO counters (budget, name, value) VALUES (?, ?, ?) "
+                       "ON CONFLICT (budget, name) DO UPDATE SET value = value + excluded.value", (budget, name, by))
+
+    def counter(self, budget: int, name: str) -> int:
+        with self._connect() as db:
+            row = db.execute("SELECT value FROM counters WHERE budget=? AND name=?", (budget, name)).fetchone()
+        return int(row["value"]) if row else 0
+
+    def trials(self, budget: int | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM trials WHERE 1=1", []
+        if budget is not None:
+            query, args = query + " AND budget=?", args + [budget]
+        if status is not None:
+            query, args = query + " AND status=?", args + [status]
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY id", args).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["spec"] = json.loads(d["spec"])
+            d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
+            out.append(d)
+        return out
+
+    def lookup(self, budget: int, key: str) -> dict[str, Any] | None:
+        """A finished trial of the same architecture under the same budget, if any."""
+        with self._connect() as db:
+            row = db.execute("SELECT id, status, score FROM trials WHERE budget=? AND spec_key=? "
+                             "AND status IN ('ok', 'failed') ORDER BY id LIMIT 1", (budget, key)).fetchone()
+        return dict(row) if row else None
+
+    def delete(self, trial_id: int) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM trials WHERE id=?", (trial_id,))
