@@ -17,8 +17,13 @@ $(VENV)/.torch: | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH)
 	touch $@
 
+# NNI's PPO strategy needs gym 0.26.2 and tianshou 0.4.11; tianshou pins an old protobuf that
+# nothing else here wants, so both come without their pins and the rl extra brings the rest.
+RL     := gym==0.26.2 tianshou==0.4.11
+
 $(VENV)/.installed: setup.py $(VENV)/.torch
-	$(BIN)/pip install --quiet $(TORCH) -e .
+	$(BIN)/pip install --quiet $(TORCH) -e '.[rl]'
+	$(BIN)/pip install --quiet --no-deps $(RL)
 	touch $@
 
 $(VENV)/.installed-test: setup.py $(VENV)/.installed
@@ -28,14 +33,16 @@ $(VENV)/.installed-test: setup.py $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
+# The main job on the embedded default: a search on digits (300M budget, 6 random trials,
+# zero-cost + amateur + downstream), its results, and the FLOP count of the best architecture.
 demo: install
-	@mkdir -p $(DEMO)
-	$(BIN)/metanet space show
-	$(BIN)/metanet space sample --seed 0 --flops 300M > $(DEMO)/arch.json
-	@echo "sampled $(DEMO)/arch.json within 90-100% of 300M FLOPs"
-	$(BIN)/metanet flops $(DEMO)/arch.json --count
-	$(BIN)/metanet build $(DEMO)/arch.json --num-classes 10
-	$(BIN)/metanet evaluate $(DEMO)/arch.json --stages zero-cost,amateur,expert,generalist,downstream
+	rm -rf $(DEMO)
+	$(BIN)/metanet search --out $(DEMO)
+	$(BIN)/metanet results $(DEMO) --top 3
+	$(BIN)/python -c "import json,sys; from metanet.store import TrialStore; \
+	  best = max((r for r in TrialStore('$(DEMO)/trials.sqlite').trials() if r['status'] == 'ok'), key=lambda r: r['score']); \
+	  json.dump(best['spec'], open('$(DEMO)/best_arch.json', 'w'), indent=2)"
+	$(BIN)/metanet flops $(DEMO)/best_arch.json --count
 
 test: install-test
 	$(BIN)/python -m pytest

@@ -179,12 +179,14 @@ def budget_filter(cfg_space, budget: int, cfg: SearchConfig, store: TrialStore):
     from metanet.search_spaces.estimate import estimate
     from metanet.search_spaces.nni_space import project
     from metanet.search_spaces.spec import ArchSpec, SpecError
+    from metanet.search_spaces.unified import repair_sample
 
     lo, hi = cfg.band[0] * budget, cfg.band[1] * budget
 
     def keep(model) -> bool:
         try:
-            spec = ArchSpec.from_sample(model.sample)
+            sample = repair_sample(model.sample) if cfg.budget_mode == "project" else model.sample
+            spec = ArchSpec.from_sample(sample)
         except SpecError:
             ok = False
         else:
@@ -283,16 +285,26 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool | None = 
             for row in store.trials(budget, status="running"):
                 store.delete(row["id"])
                 evaluate_spec(ArchSpec.from_dict(row["spec"]), settings)
-            done = len(store.trials(budget, status="ok")) + len(store.trials(budget, status="failed"))
-            remaining = cfg.trials - done
-            if remaining > 0:
-                _run_nni(cfg, space, budget, remaining, settings, store, echo)
+            # Proposals that land on an architecture already evaluated count as NNI trials but add no
+            # row (the stored score is replayed): run again, with a fresh strategy seed, until the
+            # budget has its trials.
+            for attempt in range(8):
+                done = len(store.trials(budget, status="ok")) + len(store.trials(budget, status="failed"))
+                if done >= cfg.trials:
+                    break
+                _run_nni(cfg, space, budget, cfg.trials - done, settings, store, echo, seed_offset=done + attempt)
     finally:
         bar.close()
-    return summarize(run_dir, cfg, store)
+    summary = summarize(run_dir, cfg, store)
+    best = {b: (r and {"id": r["id"], "flops": r["flops"], "score": r["score"], "spec": r["spec"]})
+            for b, r in summary.best.items()}
+    for problem in pm.notify("metanet_search_finished", run={"out_dir": str(run_dir), "trials": summary.trials,
+                                                            "failed": summary.failed, "best": best}):
+        echo(f"warning: {problem}")
+    return summary
 
 
-def _run_nni(cfg, space, budget, trials, settings, store, echo) -> None:
+def _run_nni(cfg, space, budget, trials, settings, store, echo, seed_offset: int = 0) -> None:
     from metanet.quiet import quiet
     with quiet():
         from nni.nas.evaluator import FunctionalEvaluator
@@ -304,12 +316,14 @@ def _run_nni(cfg, space, budget, trials, settings, store, echo) -> None:
     import logging
     logging.getLogger("nni").setLevel(logging.ERROR)
     pm = get_plugin_manager(cfg.plugins)
-    strategy = pm.get("strategies", cfg.strategy).obj(seed=cfg.seed + budget % 9973, **cfg.strategy_options)
+    registered = pm.get("strategies", cfg.strategy)
+    strategy = registered.obj(seed=cfg.seed + budget % 9973 + 7919 * seed_offset, **cfg.strategy_options)
     strategy = Chain(strategy, Deduplication("replay"),
                      Filter(budget_filter(space, budget, cfg, store), metric_for_invalid=cfg.invalid_score,
                             patience=100000, retain_history=False))
     model_space = UnifiedSpace(space, num_classes=0, img_size=cfg.proxy_resolution, budget=budget, band=cfg.band,
-                               resolution=cfg.resolution, budget_mode=cfg.budget_mode, seed=cfg.seed)
+                               resolution=cfg.resolution, budget_mode=cfg.budget_mode, seed=cfg.seed,
+                               constrained=registered.options.get("constraints", True))
     evaluator = FunctionalEvaluator(nni_trial, settings=settings)
     if cfg.engine == "sequential":
         config = NasExperimentConfig("sequential", "simplified")

@@ -39,5 +39,6 @@ def _ppo(seed=None, samples_per_update=4, **options):
 def metanet_register_strategies(register):
     register("random", _random, description="NNI Random: uniform proposals")
     register("evolution", _evolution, description="NNI RegularizedEvolution (aging evolution)")
-    register("tpe", _tpe, description="NNI TPE (tree-structured Parzen estimator)")
+    # NNI's TPE reads the space as a legacy HPO search space, which has no constraints.
+    register("tpe", _tpe, description="NNI TPE (tree-structured Parzen estimator)", constraints=False)
     register("ppo", _ppo, description="NNI PolicyBasedRL: PPO over the choices, as INTERN searched MetaNet")

@@ -19,7 +19,7 @@ with quiet():
 
 from .metanet import MetaNet
 from .spec import ArchSpec, SpecError, spec_keys
-from .unified import DEFAULT_SPACE, SpaceConfig, project_to_budget
+from .unified import DEFAULT_SPACE, SpaceConfig, project_to_budget, repair_sample
 
 CONSTRAINT_LABEL = "valid_arch"
 
@@ -62,20 +62,21 @@ class UnifiedSpace(ModelSpace):
 
     def __init__(self, config: SpaceConfig = DEFAULT_SPACE, num_classes: int = 1000, img_size: int = 224,
                  budget: int | None = None, band: tuple[float, float] = (0.9, 1.0), resolution: int = 224,
-                 budget_mode: str = "project", seed: int = 0):
+                 budget_mode: str = "project", seed: int = 0, constrained: bool = True):
         super().__init__()
         self.config = config
         self.num_classes = num_classes
         self.img_size = img_size
         self.budget_args = (budget, tuple(band), resolution, budget_mode, seed)
         choices = [self.add_mutable(nni.choice(label, values)) for label, values in config.choices().items()]
-        self.add_mutable(ArchConstraint(choices))
+        if constrained:  # HPO-based strategies (TPE) cannot read constraints: invalid samples are screened instead
+            self.add_mutable(ArchConstraint(choices))
 
     @classmethod
     def create_fixed_module(cls, sample: dict[str, Any], config: SpaceConfig = DEFAULT_SPACE,
                             num_classes: int = 1000, img_size: int = 224, budget: int | None = None,
                             band=(0.9, 1.0), resolution: int = 224, budget_mode: str = "project",
-                            seed: int = 0) -> MetaNet:
+                            seed: int = 0, constrained: bool = True) -> MetaNet:
         # Inside NNI's frozen model context the space is never built: the plain model is.
         spec = resolve_spec(sample, config, budget, band, resolution, budget_mode, seed)
         return MetaNet(spec, num_classes=num_classes, img_size=img_size)
@@ -95,9 +96,9 @@ _projected: dict[tuple, ArchSpec | None] = {}
 def resolve_spec(sample, config, budget=None, band=(0.9, 1.0), resolution=224, budget_mode="project",
                  seed=0) -> ArchSpec:
     """The architecture a sample stands for: itself, or its projection into the FLOP band."""
-    spec = ArchSpec.from_sample(sample)
     if budget is None or budget_mode != "project":
-        return spec
+        return ArchSpec.from_sample(sample)
+    spec = ArchSpec.from_sample(repair_sample(sample))
     projected = project(spec, config, budget, band, resolution, seed)
     return projected if projected is not None else spec
 

@@ -91,6 +91,26 @@ def try_spec(sample: dict[str, Any]) -> ArchSpec | None:
         return None
 
 
+def repair_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """A valid sample near an invalid one (for strategies that cannot honour constraints, like TPE).
+
+    LG-DSM on a conv stage becomes L-DSM; an attention stage whose width the head dim does not
+    divide becomes MBConv; a strided attention block on an indivisible input width becomes L-DSM.
+    """
+    out = dict(sample)
+    hd = out["head_dim"]
+    for i in range(NUM_STAGES):
+        op, dsm = stage_key(i, "op"), stage_key(i, "dsm")
+        cin = out["stem_width"] if i == 0 else out[stage_key(i - 1, "width")]
+        if is_attention_op(out[op]) and out[stage_key(i, "width")] % hd:
+            out[op] = "mbconv"
+        if out[dsm] == "local_global" and not is_attention_op(out[op]):
+            out[dsm] = "local"
+        if is_attention_op(out[op]) and out[dsm] == "block" and cin % hd:
+            out[dsm] = "local"
+    return out
+
+
 def get_space(name: str) -> SpaceConfig:
     if name not in SPACES:
         raise KeyError(f"unknown search space {name!r} (known: {', '.join(SPACES)})")

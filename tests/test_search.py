@@ -1,0 +1,225 @@
+"""The search: strategies under FLOP budgets, failures, resume after SIGKILL, families, engines."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from metanet import plugin_manager
+from metanet.cli import cli
+from metanet.search import SearchConfig, SearchError, load_run, run_search
+from metanet.store import TrialStore
+
+CHEAP = {"stages": ["zero-cost"], "proxy_resolution": 16, "trials": 3, "flops": [400_000_000]}
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins(monkeypatch):
+    monkeypatch.setattr(plugin_manager, "_default", None)
+
+
+def _search(tmp_path, **options):
+    cfg = SearchConfig.from_dict({**CHEAP, "out": str(tmp_path / "run"), **options})
+    return run_search(cfg, progress=False, echo=lambda m: None), TrialStore(tmp_path / "run" / "trials.sqlite")
+
+
+@pytest.mark.parametrize("strategy", ["random", "evolution", "tpe", "ppo"])
+def test_each_strategy_respects_the_budget_band(tmp_path, strategy):
+    summary, store = _search(tmp_path, strategy=strategy)
+    rows = store.trials()
+    assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
+    assert all(0.9 * 400e6 <= r["flops"] <= 400e6 for r in rows)
+    assert summary.best[400_000_000]["score"] == max(r["score"] for r in rows)
+
+
+def test_screen_mode_drops_out_of_band_proposals(tmp_path):
+    summary, store = _search(tmp_path, flops=[20_000_000_000], budget_mode="screen", band=(0.5, 1.0), trials=2)
+    assert all(10e9 <= r["flops"] <= 20e9 for r in store.trials())
+    assert summary.screened[20_000_000_000] > 0  # uniform proposals mostly miss a band: counted, never built
+
+
+FLAKY = textwrap.dedent('''
+    import math
+    from metanet import hookimpl
+    CALLS = [0]
+
+    @hookimpl
+    def metanet_register_stages(register):
+        register("flaky", defaults={"sleep": 0.0})
+
+    @hookimpl
+    def metanet_run_stage(stage, context):
+        if stage != "flaky":
+            return None
+        import time
+        time.sleep(context.config["sleep"])
+        CALLS[0] += 1
+        if CALLS[0] % 3 == 1:
+            raise MemoryError("out of memory in trial")
+        if CALLS[0] % 3 == 2:
+            return {"acc": math.nan}
+        return {"acc": 0.5}
+''')
+
+
+@pytest.fixture
+def flaky(tmp_path, monkeypatch):
+    (tmp_path / "flaky_plugin.py").write_text(FLAKY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "flaky_plugin"
+
+
+def test_raising_and_nan_trials_are_recorded_and_the_search_goes_on(tmp_path, flaky):
+    summary, store = _search(tmp_path, stages=["flaky"], plugins=[flaky], trials=6)
+    rows = store.trials()
+    assert len(rows) == 6
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) == 4 and summary.failed == 4
+    assert any("MemoryError: out of memory in trial" in r["error"] and "plugin flaky_plugin" in r["error"]
+               for r in failed)
+    assert any(r["error"] == "score is nan" for r in failed)
+    assert [r["score"] for r in rows if r["status"] == "ok"] == [0.5, 0.5]
+
+
+def test_sigkill_mid_run_then_resume(tmp_path, flaky):
+    out = tmp_path / "run"
+    config = tmp_path / "search.yaml"
+    config.write_text(textwrap.dedent(f'''
+        stages: [zero-cost]
+        trials: 5
+        flops: 400M
+        proxy_resolution: 16
+        out: {out}
+    '''))
+    (tmp_path / "slow_plugin.py").write_text(textwrap.dedent('''
+        import time
+        from metanet import hookimpl
+
+        @hookimpl
+        def metanet_trial_started(trial):
+            time.sleep(1.0)
+    '''))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "METANET_PLUGINS": "slow_plugin"}
+    proc = subprocess.Popen([sys.executable, "-m", "metanet", "search", "--config", str(config)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store_path = out / "trials.sqlite"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if store_path.exists():
+                rows = TrialStore(store_path).trials()
+                if sum(r["status"] == "ok" for r in rows) >= 2 and any(r["status"] == "running" for r in rows):
+                    break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the search did not get two trials done in time")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = {r["id"]: r for r in TrialStore(store_path).trials() if r["status"] == "ok"}
+    assert any(r["status"] == "running" for r in TrialStore(store_path).trials())
+
+    result = CliRunner().invoke(cli, ["search", "--resume", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = TrialStore(store_path).trials()
+    assert len(rows) == 5 and all(r["status"] == "ok" for r in rows)
+    for trial_id, row in before.items():  # finished trials unchanged
+        assert next(r for r in rows if r["id"] == trial_id) == row
+    assert len({json.dumps(r["spec"], sort_keys=True) for r in rows}) == 5  # each architecture once
+
+
+def test_budget_family_writes_table_and_plot(tmp_path):
+    summary, store = _search(tmp_path, flops=[300_000_000, 600_000_000], trials=2)
+    assert set(summary.best) == {300_000_000, 600_000_000}
+    assert "300M" in summary.table and "600M" in summary.table
+    assert (tmp_path / "run" / "summary.txt").read_text() == summary.table + "\n"
+    assert summary.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    listed = json.loads(CliRunner().invoke(cli, ["results", str(tmp_path / "run"), "--json"]).stdout)
+    assert len(listed) == 4 and {"id", "status", "spec", "flops", "params", "score"} <= set(listed[0])
+    assert listed[0]["budget"] == 300_000_000 and listed[0]["score"] >= listed[1]["score"]
+    top = json.loads(CliRunner().invoke(cli, ["results", str(tmp_path / "run"), "--json", "--top", "1"]).stdout)
+    assert [r["id"] for r in top] == [summary.best[300_000_000]["id"], summary.best[600_000_000]["id"]]
+
+
+def test_search_finished_hook_and_pareto_front(tmp_path, monkeypatch):
+    (tmp_path / "watch_plugin.py").write_text(textwrap.dedent('''
+        from metanet import hookimpl
+        RUNS = []
+
+        @hookimpl
+        def metanet_search_finished(run):
+            RUNS.append(run)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    summary, _ = _search(tmp_path, trials=1, plugins=["watch_plugin"])
+    import watch_plugin
+    assert watch_plugin.RUNS[0]["trials"] == 1 and watch_plugin.RUNS[0]["out_dir"] == str(summary.run_dir)
+    from metanet.search import pareto_front
+    pts = [(1, 0.5), (2, 0.4), (2, 0.7), (3, 0.6), (4, 0.9)]
+    assert pareto_front(pts) == [0, 2, 4]
+
+
+def test_local_training_service_engine_runs_two_trials(tmp_path):
+    summary, store = _search(tmp_path, engine="ts", concurrency=2, trials=2, port=18080 + os.getpid() % 1000)
+    rows = store.trials()
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+
+
+def test_config_file_and_flags(tmp_path):
+    (tmp_path / "search.toml").write_text(textwrap.dedent(f'''
+        stages = "zero-cost"
+        trials = 1
+        flops = "300M"
+        proxy_resolution = 16
+        out = "{tmp_path / 'run'}"
+    '''))
+    result = CliRunner().invoke(cli, ["search", "--config", str(tmp_path / "search.toml"), "--flops", "500M",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    assert load_run(tmp_path / "run").flops == [500_000_000]  # the flag overrides the file
+    assert json.loads(result.stdout)["trials"] == 1
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--strategy", "annealing"], "strategy: unknown strateg"),
+    (["--stages", "zero-cost", "--set", "amateur.max_steps=3"], "settings: stage 'amateur' is not among"),
+    (["--flops", "5M"], "outside what space 'unified' reaches at 224px"),
+    (["--flops", "abc"], "flops: invalid FLOP budget 'abc'"),
+    (["--config", "missing.yaml"], "missing.yaml: cannot read config"),
+    (["--resume", "nowhere"], "nowhere: not a search run directory"),
+])
+def test_search_errors_are_one_line(args, words):
+    result = CliRunner().invoke(cli, ["search", *args])
+    assert result.exit_code == 1 and words in result.output and "Traceback" not in result.output
+
+
+def test_existing_run_dir_is_not_overwritten(tmp_path):
+    _search(tmp_path, trials=1)
+    with pytest.raises(SearchError, match="already holds a search"):
+        _search(tmp_path, trials=1)
+
+
+def test_remote_machines_file_is_validated(tmp_path):
+    from metanet.remote import RemoteConfigError, remote_service_config
+    key = tmp_path / "id_ed25519"
+    key.write_text("not a real key")
+    good = tmp_path / "machines.yaml"
+    good.write_text(f"machines:\n  - host: 10.0.0.5\n    user: ml\n    ssh_key_file: {key}\n"
+                    f"    python_path: /opt/venv/bin\n  - host: gpu2\n    user: ml\n    password: secret\n")
+    config = remote_service_config(good)
+    assert [m.host for m in config.machine_list] == ["10.0.0.5", "gpu2"] and config.platform == "remote"
+    for text, words in [("machines: []", "non-empty list"), ("machines:\n  - host: a\n", "user: required"),
+                        ("machines:\n  - {host: a, user: b}\n", "give ssh_key_file or password"),
+                        ("machines:\n  - {host: a, user: b, password: x, port: 0}\n", "port: expected"),
+                        ("machines:\n  - {host: a, user: b, ssh_key_file: /nope}\n", "does not exist"),
+                        ("machines:\n  - {host: a, user: b, password: x, gpu: 1}\n", "unknown field 'gpu'")]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(RemoteConfigError, match=words):
+            remote_service_config(bad)
