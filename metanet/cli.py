@@ -445,6 +445,40 @@ def results_cmd(run_dir, top, as_json):
                    f"{format_flops(r['params']):>8} {score:>9}  {(detail or '')[:110]}")
 
 
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("--budget", default=None, help="The best trial of this budget (e.g. 300M).")
+@click.option("--rank", type=int, default=None, help="The K-th best trial (1 = best), within --budget if given.")
+@click.option("--trial", "trial_id", type=int, default=None, help="A trial by id.")
+@click.option("--format", "formats", default="", help="Also write: torchscript, onnx (comma-separated).")
+@click.option("--num-classes", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Classifier size of the exported model (0: pooled features).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def export_cmd(run_dir, out_dir, budget, rank, trial_id, formats, num_classes, force, as_json):
+    """Export a searched backbone as a folder timm, TorchScript and ONNX users load as is."""
+    from metanet.export import ExportError, export_run
+    from metanet.search import SearchError
+    if trial_id is not None and (budget or rank):
+        raise click.BadParameter("--trial picks one trial; do not combine it with --budget or --rank")
+    fmts = [f.strip() for f in formats.split(",") if f.strip()]
+    try:
+        result = export_run(run_dir, out_dir, budget=budget, rank=rank, trial=trial_id, formats=fmts,
+                            num_classes=num_classes, force=force)
+    except (ExportError, SearchError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _emit_json({"out_dir": str(result.out_dir), "trial": result.trial["id"], "trained": result.trained,
+                    "files": [str(f) for f in result.files], "load": result.load_line})
+        return
+    click.echo(f"exported trial {result.trial['id']} to {result.out_dir}: "
+               + ", ".join(f.name for f in result.files))
+    click.echo(result.note)
+    click.echo("load it with:")
+    click.echo(result.load_line)
+
+
 @cli.command("presets")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def presets_cmd(as_json):

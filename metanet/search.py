@@ -127,7 +127,9 @@ def _settings(cfg: SearchConfig, run_dir: Path, budget: int) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "budget": budget, "stages": cfg.stages, "settings": cfg.settings,
             "score": cfg.score, "data": cfg.data, "proxy_resolution": cfg.proxy_resolution,
             "resolution": cfg.resolution, "seed": cfg.seed, "plugins": cfg.plugins,
-            "invalid_score": cfg.invalid_score}
+            "invalid_score": cfg.invalid_score,
+            # trial processes share the cores: oversubscribed OpenMP threads spin and crawl
+            "threads": max(1, (os.cpu_count() or 1) // cfg.concurrency) if cfg.engine == "ts" else None}
 
 
 def evaluate_spec(spec, s: dict[str, Any]) -> tuple[float, dict]:
@@ -163,13 +165,44 @@ def evaluate_spec(spec, s: dict[str, Any]) -> tuple[float, dict]:
     except Exception as exc:  # data or plugin trouble outside the stages: this trial fails, the search goes on
         status, metrics, score, error = "failed", {}, None, f"{type(exc).__name__}: {exc}"
     store.finish(trial_id, status, metrics, score if status == "ok" else None, error, time.perf_counter() - start)
+    if status == "ok":
+        keep_best_weights(store, Path(s["run_dir"]), s["budget"], trial_id, result.state, s["proxy_resolution"])
     row = {"id": trial_id, "status": status, "score": score}
     return (score if status == "ok" else s["invalid_score"]), row
+
+
+WEIGHTS_DIR = "weights"
+KEEP_WEIGHTS = 3  # per budget: the trained backbones of the best trials, for export
+
+
+def weights_path(run_dir: Path, trial_id: int) -> Path:
+    return Path(run_dir) / WEIGHTS_DIR / f"trial_{trial_id}.safetensors"
+
+
+def keep_best_weights(store: TrialStore, run_dir: Path, budget: int, trial_id: int, state: dict,
+                      img_size: int) -> None:
+    """Save the trial's trained backbone if it is among the best of its budget; drop those that fell out."""
+    stage = next((name for name in ("generalist", "amateur") if state.get(name, {}).get("weights")), None)
+    if stage is None:
+        return  # nothing trained the backbone (e.g. zero-cost only): export will say so
+    ranked = sorted((r for r in store.trials(budget, status="ok")), key=lambda r: -r["score"])
+    keep = {r["id"] for r in ranked[:KEEP_WEIGHTS]}
+    if trial_id in keep:
+        from safetensors.torch import save_file
+        path = weights_path(run_dir, trial_id)
+        path.parent.mkdir(exist_ok=True)
+        tensors = {k: v.contiguous() for k, v in state[stage]["weights"].items()}
+        save_file(tensors, str(path), metadata={"stage": stage, "img_size": str(img_size), "trial": str(trial_id)})
+    for r in ranked[KEEP_WEIGHTS:]:
+        weights_path(run_dir, r["id"]).unlink(missing_ok=True)
 
 
 def nni_trial(model, settings: dict[str, Any]) -> None:
     """The function NNI's FunctionalEvaluator calls with each frozen model (in-process or in a trial process)."""
     import nni
+    if settings.get("threads"):
+        import torch
+        torch.set_num_threads(settings["threads"])
     score, _ = evaluate_spec(model.spec, settings)
     nni.report_final_result(float(score))
 

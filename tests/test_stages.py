@@ -1,7 +1,6 @@
 """INTERN's stages as plugins: the whole pipeline on the digits default, scores and settings."""
 import math
 import random
-import time
 
 import pytest
 import torch
@@ -36,13 +35,11 @@ def test_digits_bundle_sources_and_held_out_task(digits):
     assert not any(torch.equal(u, d) for u in up for d in down)
 
 
-def test_a_candidate_runs_through_every_stage_under_a_minute(space, digits):
+def test_a_candidate_runs_through_every_stage(space, digits):
+    # Wall time is measured by benchmarks/stages.py, not asserted here (shared machines are noisy).
     spec = sample_within_budget(space, 200e6, random.Random(3))
-    start = time.perf_counter()
     result = evaluate_candidate(spec, ALL_STAGES, digits, config=TINY, seed=0)
-    elapsed = time.perf_counter() - start
     assert result.status == "finished", result.error
-    assert elapsed < 60
     assert all(math.isfinite(v) for v in result.metrics.values())
     assert result.score == result.metrics["downstream.acc"] == result.metrics["score"]
     for stage in ("amateur", "expert", "generalist", "downstream"):
