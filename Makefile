@@ -22,7 +22,7 @@ $(VENV)/.torch: | $(BIN)/python
 RL     := gym==0.26.2 tianshou==0.4.11
 
 $(VENV)/.installed: setup.py $(VENV)/.torch
-	$(BIN)/pip install --quiet $(TORCH) -e '.[rl]'
+	$(BIN)/pip install --quiet $(TORCH) -e '.[rl,export]'
 	$(BIN)/pip install --quiet --no-deps $(RL)
 	touch $@
 
@@ -34,15 +34,13 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 # The main job on the embedded default: a search on digits (300M budget, 6 random trials,
-# zero-cost + amateur + downstream), its results, and the FLOP count of the best architecture.
+# zero-cost + amateur + downstream), its results, and the best backbone exported for timm.
 demo: install
 	rm -rf $(DEMO)
-	$(BIN)/metanet search --out $(DEMO)
-	$(BIN)/metanet results $(DEMO) --top 3
-	$(BIN)/python -c "import json,sys; from metanet.store import TrialStore; \
-	  best = max((r for r in TrialStore('$(DEMO)/trials.sqlite').trials() if r['status'] == 'ok'), key=lambda r: r['score']); \
-	  json.dump(best['spec'], open('$(DEMO)/best_arch.json', 'w'), indent=2)"
-	$(BIN)/metanet flops $(DEMO)/best_arch.json --count
+	$(BIN)/metanet search --out $(DEMO)/search
+	$(BIN)/metanet results $(DEMO)/search --top 3
+	$(BIN)/metanet export $(DEMO)/search --out $(DEMO)/best --format torchscript,onnx
+	$(BIN)/metanet flops $(DEMO)/best/arch.json --count
 
 test: install-test
 	$(BIN)/python -m pytest

@@ -27,12 +27,14 @@ setup(
         "matplotlib",
         "pyyaml",
         "tqdm",
+        "safetensors",
     ],
     extras_require={
         # NNI's PolicyBasedRL (PPO) also needs gym==0.26.2 and tianshou==0.4.11, installed with --no-deps
         # (tianshou pins protobuf 3.19, which current onnx and tensorboard reject): see the Makefile.
         "rl": ["gym_notices", "tensorboard", "numba", "h5py"],
-        "test": ["pytest>=7", "gym_notices", "tensorboard", "numba", "h5py"],
+        "export": ["onnx", "onnxruntime", "safetensors"],
+        "test": ["pytest>=7", "gym_notices", "tensorboard", "numba", "h5py", "onnx", "onnxruntime", "safetensors"],
     },
     entry_points={
         "console_scripts": ["metanet=metanet.cli:main"],

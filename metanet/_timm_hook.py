@@ -12,10 +12,7 @@ import sys
 
 
 def _register() -> None:
-    try:
-        from metanet.search_spaces.metanet import register_timm_models
-    except ImportError:  # e.g. einops missing on a kernels-only machine
-        return
+    from metanet.search_spaces.timm_models import register_timm_models
     register_timm_models()
 
 

@@ -114,7 +114,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, budget=None, rank: i
     res = cfg.resolution
     pretrained_cfg = {"architecture": "metanet", "num_classes": num_classes, "input_size": [3, res, res],
                       "crop_pct": 0.875, "interpolation": "bicubic", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-                      "first_conv": "stem.0", "classifier": "classifier"}
+                      "first_conv": "stem.conv", "classifier": "classifier"}
     config = {"architecture": "metanet", "num_classes": num_classes, "num_features": model.num_features,
               "model_args": {"arch": "arch.json", "img_size": img_size}, "pretrained_cfg": pretrained_cfg,
               "feature_info": model.feature_info, "trained": trained,

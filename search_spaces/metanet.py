@@ -36,6 +36,19 @@ def as_spec(spec: ArchSpec | Mapping[str, Any] | str | os.PathLike) -> ArchSpec:
     return ArchSpec.load(text)
 
 
+class ConvStem(nn.Module):
+    """3x3 stride-2 conv, BN, GELU (a module, not a Sequential, so timm's feature wrapper keeps it whole)."""
+
+    def __init__(self, in_chans: int, width: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, width, 3, 2, 1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
 class MetaNet(nn.Module):
     def __init__(self, spec, num_classes: int = 1000, in_chans: int = 3, img_size: int = 224,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0, global_pool: str = "avg"):
@@ -47,8 +60,7 @@ class MetaNet(nn.Module):
         spec = self.spec
         grids = stage_grids(img_size)
 
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, spec.stem_width, 3, 2, 1, bias=False),
-                                  nn.BatchNorm2d(spec.stem_width), nn.GELU())
+        self.stem = ConvStem(in_chans, spec.stem_width)
         self.feature_info = [dict(num_chs=spec.stem_width, reduction=2, module="stem")]
 
         n_blocks = sum(s.depth for s in spec.stages)
@@ -141,66 +153,3 @@ def _init_weights(m: nn.Module) -> None:
 def build_model(spec, **kwargs) -> MetaNet:
     """Build the plain model of a spec (an :class:`ArchSpec`, dict, JSON text, preset name or file)."""
     return MetaNet(spec, **kwargs)
-
-
-# -- timm integration -------------------------------------------------------------------------
-
-def checkpoint_filter_fn(state_dict: dict, model: MetaNet) -> dict:
-    """Adapt a checkpoint to ``model``: relative-position tables trained at another resolution are resized."""
-    import torch.nn.functional as F
-    out = {}
-    target = model.state_dict()
-    for k, v in state_dict.items():
-        if k.endswith("rel_pos.table") and k in target and v.shape != target[k].shape:
-            v = F.interpolate(v[None].float(), size=target[k].shape[1:], mode="bicubic", align_corners=False)[0]
-        out[k] = v
-    return out
-
-
-def _cfg(input_size: int = 224, **kwargs):
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    return {"url": "", "num_classes": 1000, "input_size": (3, input_size, input_size),
-            "pool_size": (math.ceil(input_size / 32),) * 2, "crop_pct": 0.875, "interpolation": "bicubic",
-            "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD, "first_conv": "stem.0",
-            "classifier": "classifier", **kwargs}
-
-
-def _create(variant: str, pretrained: bool, spec, **kwargs) -> MetaNet:
-    from timm.models import build_model_with_cfg
-    out_indices = kwargs.pop("out_indices", tuple(range(7)))
-    return build_model_with_cfg(MetaNet, variant, pretrained, spec=spec,
-                                pretrained_filter_fn=checkpoint_filter_fn,
-                                feature_cfg=dict(flatten_sequential=True, out_indices=out_indices), **kwargs)
-
-
-def register_timm_models() -> None:
-    """Register ``metanet`` (any spec: ``arch=``) and every preset as timm model names."""
-    from timm.models import generate_default_cfgs, register_model
-    from timm.models._registry import _model_entrypoints
-    from .presets import PRESETS
-
-    if "metanet" in _model_entrypoints:
-        return
-
-    def metanet(pretrained: bool = False, arch=None, **kwargs) -> MetaNet:
-        """A searched backbone: ``arch`` is a spec JSON file, a dict, JSON text or a preset name."""
-        if arch is None:
-            raise ValueError("timm.create_model('metanet', ...) needs arch=<spec file, dict or preset name>")
-        return _create("metanet", pretrained, as_spec(arch), **kwargs)
-    metanet.__module__ = __name__
-    register_model(metanet)
-    cfgs = {"metanet": _cfg()}
-
-    for name, preset in PRESETS.items():
-        def builder(pretrained: bool = False, _name=name, _preset=preset, **kwargs) -> MetaNet:
-            kwargs.setdefault("img_size", _preset.input_size)
-            return _create(_name, pretrained, _preset.spec, **kwargs)
-        builder.__name__ = name
-        builder.__module__ = __name__
-        register_model(builder)
-        cfgs[name] = _cfg(preset.input_size)
-    import timm.models._registry as registry
-    for name, cfg in generate_default_cfgs(cfgs).items():
-        registry._model_pretrained_cfgs.setdefault(name, cfg.default)
-        registry._model_default_cfgs.setdefault(name, cfg)
-        registry._model_has_pretrained.discard(name)
