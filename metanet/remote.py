@@ -7,7 +7,6 @@ same path. Validated here, before NNI tries to connect.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,9 @@ class RemoteConfigError(ValueError):
 
 
 def load_machines(path: str | os.PathLike) -> list[dict[str, Any]]:
+    from .files import load_structured
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise RemoteConfigError(f"{path}: cannot read machines file ({exc.strerror})") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else __import__("yaml").safe_load(text)
-    except Exception as exc:
-        raise RemoteConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
-                                f"{str(exc).splitlines()[0]}") from None
+    data = load_structured(path, "machines file", RemoteConfigError)
     machines = data.get("machines") if isinstance(data, dict) else None
     if not isinstance(machines, list) or not machines:
         raise RemoteConfigError(f"{path}: expected a non-empty list under 'machines'")

@@ -97,21 +97,8 @@ class SearchConfig:
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML or TOML file holding the same options as the command-line flags."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SearchError(f"{path}: cannot read config ({exc.strerror})") from None
-    try:
-        if path.suffix == ".toml":
-            import tomllib
-            data = tomllib.loads(text)
-        else:
-            import yaml
-            data = yaml.safe_load(text)
-    except Exception as exc:
-        raise SearchError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'} ({exc})".splitlines()[0]) \
-            from None
+    from .files import load_structured
+    data = load_structured(path, "config", SearchError)
     if not isinstance(data, dict):
         raise SearchError(f"{path}: expected a mapping of options")
     return {k.replace("-", "_"): v for k, v in data.items()}

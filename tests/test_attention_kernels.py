@@ -166,3 +166,13 @@ def test_bad_inputs_are_clear():
         attention(q, q, q, torch.randn(3, 5, 5))
     with pytest.raises(ValueError, match="must be 4-D"):
         attention(q[0], q[0], q[0])
+
+
+def test_torch_compile_traces_the_custom_op():
+    q, k, v, bias = _inputs(1, 2, 13, 9, 16, "h")
+
+    def f(q, k, v, bias):
+        return attention(q, k, v, bias, backend="triton").sum()
+
+    compiled = torch.compile(f, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v, bias), f(q, k, v, bias))
