@@ -13,8 +13,6 @@ Triton versions miscompile on Hopper. Nothing here needs a Triton newer than 3.4
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -257,6 +255,3 @@ def attention_backward(do, q, k, v, bias, o, lse, scale, bias_grad: bool):
         dbias = dbias.reshape(bias.shape)
     return dq, dk, dv, dbias
 
-
-def default_scale(d: int) -> float:
-    return 1.0 / math.sqrt(d)

@@ -7,7 +7,6 @@ The interface follows timm: ``forward_features`` / ``forward_head``, ``get_class
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Mapping
 

@@ -13,12 +13,12 @@ from metanet.quiet import quiet
 
 with quiet():
     import nni
-    from nni.mutable import Constraint, LabeledMutable, Mutable
+    from nni.mutable import Constraint, LabeledMutable
     from nni.mutable.exception import ConstraintViolation, SampleValidationError
     from nni.nas.nn.pytorch import ModelSpace
 
 from .metanet import MetaNet
-from .spec import ArchSpec, SpecError, spec_keys
+from .spec import ArchSpec, SpecError
 from .unified import DEFAULT_SPACE, SpaceConfig, project_to_budget, repair_sample
 
 CONSTRAINT_LABEL = "valid_arch"
@@ -110,13 +110,4 @@ def project(spec: ArchSpec, config: SpaceConfig, budget, band, resolution, seed)
     return _projected[key]
 
 
-def sample_to_spec(sample: dict[str, Any]) -> ArchSpec:
-    """The spec of an NNI sample (extra labels such as the constraint's are dropped)."""
-    return ArchSpec.from_sample(sample)
-
-
-def labels() -> tuple[str, ...]:
-    return spec_keys()
-
-
-__all__ = ["UnifiedSpace", "ArchConstraint", "sample_to_spec", "Mutable"]
+__all__ = ["UnifiedSpace", "ArchConstraint", "resolve_spec", "quiet"]

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from metanet.budget import format_flops
 
-from .estimate import Cost, estimate, head_cost, stage_cost
-from .spec import (ATTENTION_OPS, CONV_OPS, DSMS, FORMAT_VERSION, GLOBAL_FIELDS, NUM_STAGES, STAGE_FIELDS, ArchSpec,
+from .estimate import estimate, head_cost, stage_cost
+from .spec import (ATTENTION_OPS, CONV_OPS, DSMS, NUM_STAGES, STAGE_FIELDS, ArchSpec,
                    SpecError, StageSpec, is_attention_op, stage_grids, stage_key)
 
 ALL_OPS = CONV_OPS + ATTENTION_OPS
@@ -272,8 +272,5 @@ def sample_within_budget(space: SpaceConfig, budget: float, rng: random.Random, 
                      f"after {max_steps} steps; widen the band")
 
 
-def spec_summary(spec: ArchSpec) -> dict[str, Any]:
-    return {"version": FORMAT_VERSION, **spec.to_sample()}
-
-
-__all__ = ["SpaceConfig", "DEFAULT_SPACE", "SPACES", "get_space", "sample_within_budget", "try_spec", "GLOBAL_FIELDS"]
+__all__ = ["SpaceConfig", "DEFAULT_SPACE", "SPACES", "get_space", "sample_within_budget", "project_to_budget",
+           "repair_sample", "try_spec"]

@@ -4,7 +4,6 @@ import random
 import textwrap
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 import example_plugin
