@@ -2,10 +2,19 @@
 __version__ = "0.1.0"
 
 from . import _timm_hook  # noqa: E402
-from .hookspecs import hookimpl  # noqa: E402  (the marker plugins use: ``@metanet.hookimpl``)
 
 # timm.create_model('metanet', arch=...) and the presets (metanet_b4, uninet_b1 ...) work in any
 # process that imported metanet, whichever of the two was imported first.
 _timm_hook.install()
+
+
+def __getattr__(name):
+    # ``metanet.hookimpl`` (the marker plugins use) needs pluggy; resolved on first use so that
+    # ``metanet.kernels`` imports on a machine with torch and Triton alone.
+    if name == "hookimpl":
+        from .hookspecs import hookimpl
+        return hookimpl
+    raise AttributeError(f"module 'metanet' has no attribute {name!r}")
+
 
 __all__ = ["__version__", "hookimpl"]

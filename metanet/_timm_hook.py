@@ -12,8 +12,11 @@ import sys
 
 
 def _register() -> None:
-    from metanet.search_spaces.timm_models import register_timm_models
-    register_timm_models()
+    try:
+        from metanet.search_spaces.timm_models import register_timm_models
+        register_timm_models()
+    except ImportError:  # timm unusable here (a kernels-only machine): nothing to register with
+        pass
 
 
 class _AfterTimmImport(importlib.abc.MetaPathFinder):
@@ -35,7 +38,7 @@ class _AfterTimmImport(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    if "timm" in sys.modules:
+    if sys.modules.get("timm") is not None:
         _register()
     elif not any(isinstance(f, _AfterTimmImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _AfterTimmImport())
