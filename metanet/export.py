@@ -71,9 +71,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, budget=None, rank: i
     from metanet.search_spaces.metanet import MetaNet
     from metanet.search_spaces.spec import ArchSpec, SpecError
 
-    unknown = [f for f in formats if f not in FORMATS]
+    from metanet.plugin_manager import get_plugin_manager
+    plugin_formats = get_plugin_manager().registry["exporters"]
+    unknown = [f for f in formats if f not in FORMATS and f not in plugin_formats]
     if unknown:
-        raise ExportError(f"format: unknown format {unknown[0]!r} (expected {', '.join(FORMATS)})")
+        known = ", ".join([*FORMATS, *sorted(plugin_formats)])
+        raise ExportError(f"format: unknown format {unknown[0]!r} (expected {known})")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise ExportError(f"{out_dir}: exists and is not empty; use --force to replace it")
@@ -136,6 +139,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, budget=None, rank: i
             torch.onnx.export(model, (x,), str(out_dir / "model.onnx"), dynamo=False, input_names=["input"],
                               output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
         files.append(out_dir / "model.onnx")
+    for name in formats:  # formats added by plugins (metanet_register_exporters)
+        if name not in FORMATS:
+            files.append(Path(plugin_formats[name].obj(model, spec, str(out_dir))))
     load_line = load_snippet(out_dir)
     (out_dir / "README.md").write_text(_readme(out_dir, row, cfg, note, load_line, formats))
     files.append(out_dir / "README.md")

@@ -78,6 +78,19 @@ def test_external_plugin_found_through_its_entry_point(installed, digits):
     assert result.score == pytest.approx(sum(p.numel() for p in built.parameters()) / 1e6)
 
 
+def test_a_plugin_exporter_writes_its_format(installed, tmp_path):
+    from metanet.export import export_run
+    from metanet.search import SearchConfig, run_search
+    out = tmp_path / "run"
+    run_search(SearchConfig.from_dict({"out": str(out), "trials": 1, "flops": [300_000_000], "proxy_resolution": 16,
+                                       "stages": ["zero-cost"]}), progress=False, echo=lambda m: None)
+    result = export_run(out, tmp_path / "exp", formats=("state-dict",))
+    assert (tmp_path / "exp" / "state_dict.pt") in result.files
+    import torch
+    state = torch.load(tmp_path / "exp" / "state_dict.pt", weights_only=True)
+    assert "stem.conv.weight" in state
+
+
 def test_plugins_command_lists_builtin_and_external(installed):
     result = CliRunner().invoke(cli, ["plugins", "--json"])
     assert result.exit_code == 0, result.output
