@@ -283,15 +283,6 @@ def _parse_sets(values) -> dict:
     return out
 
 
-def load_data(pm, source: str, resolution: int, seed: int):
-    """A registered dataset name (``digits``) or a directory (the ``folder`` loader)."""
-    import os
-    if os.path.isdir(source) or os.sep in source:
-        loader = pm.get("datasets", "folder").obj
-        return loader(source, resolution=resolution, seed=seed)
-    return pm.get("datasets", source).obj(resolution=resolution, seed=seed)
-
-
 @cli.command("evaluate")
 @click.argument("spec")
 @click.option("--stages", default="zero-cost,amateur,expert,generalist,downstream", show_default=True,
@@ -306,7 +297,7 @@ def load_data(pm, source: str, resolution: int, seed: int):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def evaluate_cmd(spec, stages, data_source, proxy_resolution, sets, score, seed, as_json):
     """Run evaluation stages on one architecture and print its metrics and score."""
-    from metanet.data import DataError
+    from metanet.data import DataError, load_data
     from metanet.stages import evaluate_candidate, parse_score
     pm = _plugin_manager()
     arch = _load_spec(spec)

@@ -182,3 +182,10 @@ def load_folder_bundle(root: str | os.PathLike, resolution: int = 32, seed: int 
     if not parts["upstream"] and not parts["downstream"]:
         raise DataError(f"{root}: expected an upstream/ and/or a downstream/ folder")
     return DataBundle(root.name, resolution, parts["upstream"], parts["downstream"])
+
+
+def load_data(pm, source: str, resolution: int, seed: int) -> DataBundle:
+    """A registered dataset name (``digits``) or a directory (the ``folder`` loader)."""
+    if os.path.isdir(source) or os.sep in source:
+        return pm.get("datasets", "folder").obj(source, resolution=resolution, seed=seed)
+    return pm.get("datasets", source).obj(resolution=resolution, seed=seed)

@@ -121,7 +121,7 @@ def _settings(cfg: SearchConfig, run_dir: Path, budget: int) -> dict[str, Any]:
 
 def evaluate_spec(spec, s: dict[str, Any]) -> tuple[float, dict]:
     """Evaluate one architecture and write it to the store; returns (score to report, row)."""
-    from metanet.cli import load_data
+    from metanet.data import load_data
     from metanet.plugin_manager import get_plugin_manager
     from metanet.search_spaces.estimate import estimate
     from metanet.stages import evaluate_candidate

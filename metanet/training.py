@@ -47,6 +47,15 @@ def batches(ds: Dataset, batch_size: int, seed: int, device) -> Iterator[tuple[t
             yield x.to(device), torch.as_tensor(y).to(device)
 
 
+def source_streams(sources: dict, cfg: dict, seed: int, device) -> tuple[dict[str, Iterator], int]:
+    """One batch stream per label source, and the step count for ``cfg``'s epochs over the largest."""
+    streams = {name: batches(split.train, cfg["batch_size"], seed + i, device)
+               for i, (name, split) in enumerate(sources.items())}
+    steps = total_steps(max(len(s.train) for s in sources.values()), cfg["batch_size"], cfg["epochs"],
+                        cfg["max_steps"])
+    return streams, steps
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, head: nn.Module, ds: Dataset, device, batch_size: int = 256) -> float:
     model.eval()

@@ -10,8 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from metanet.hookspecs import hookimpl
-from metanet.training import (LossLog, augment, batches, evaluate, features, linear_head, make_optimizer, nt_xent,
-                              state_to_cpu, total_steps)
+from metanet.training import (LossLog, augment, evaluate, features, linear_head, make_optimizer, nt_xent,
+                              source_streams, state_to_cpu)
 
 DEFAULTS = {"epochs": 3, "max_steps": 40, "batch_size": 64, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05,
             "sources": None, "contrastive_weight": 0.5, "temperature": 0.2, "projection_dim": 64}
@@ -35,9 +35,7 @@ def metanet_run_stage(stage, context):
     proj = nn.Sequential(nn.Linear(nf, nf // 2), nn.ReLU(), nn.Linear(nf // 2, cfg["projection_dim"])).to(device)
     params = [*model.parameters(), *heads.parameters(), *proj.parameters()]
     opt = make_optimizer(params, cfg["optimizer"], cfg["lr"], cfg["weight_decay"])
-    streams = {s: batches(split.train, cfg["batch_size"], context.seed + i, device)
-               for i, (s, split) in enumerate(sources.items())}
-    steps = total_steps(max(len(s.train) for s in sources.values()), cfg["batch_size"], cfg["epochs"], cfg["max_steps"])
+    streams, steps = source_streams(sources, cfg, context.seed, device)
     g = torch.Generator().manual_seed(context.seed)
     log = LossLog()
     for _ in range(steps):

@@ -11,8 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from metanet.hookspecs import hookimpl
-from metanet.training import (LossLog, batches, evaluate, features, linear_head, make_optimizer, state_to_cpu,
-                              total_steps)
+from metanet.training import (LossLog, evaluate, features, linear_head, make_optimizer, source_streams,
+                              state_to_cpu)
 
 DEFAULTS = {"epochs": 2, "max_steps": 30, "batch_size": 64, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.05,
             "temperature": 2.0, "label_weight": 1.0, "logit_weight": 1.0, "feature_weight": 1.0}
@@ -46,9 +46,7 @@ def metanet_run_stage(stage, context):
         teacher_heads[s] = th.eval().requires_grad_(False)
         heads[s] = copy.deepcopy(th).requires_grad_(True).train()  # the student's head starts from the expert's
     opt = make_optimizer([*student.parameters(), *heads.parameters()], cfg["optimizer"], cfg["lr"], cfg["weight_decay"])
-    streams = {s: batches(split.train, cfg["batch_size"], context.seed + i, device)
-               for i, (s, split) in enumerate(sources.items())}
-    steps = total_steps(max(len(s.train) for s in sources.values()), cfg["batch_size"], cfg["epochs"], cfg["max_steps"])
+    streams, steps = source_streams(sources, cfg, context.seed, device)
     t = cfg["temperature"]
     log = LossLog()
     for _ in range(steps):
