@@ -19,6 +19,14 @@ import triton.language as tl
 
 
 @triton.jit
+def _load_tile(base, rows, cols, stride_r, stride_c, mask_r, mask_c):
+    # The (rows x cols) tile at base, zero outside the masks; a transposed tile is the same call with
+    # rows and columns swapped. Triton inlines jit helpers: this costs nothing over writing it out.
+    return tl.load(base + rows[:, None] * stride_r + cols[None, :] * stride_c,
+                   mask=mask_r[:, None] & mask_c[None, :], other=0.0)
+
+
+@triton.jit
 def _attn_fwd(Q, K, V, Bias, O, LSE,
               sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
               sbb, sbh, sbm, sbn, sob, soh, som, sod,
@@ -35,27 +43,23 @@ def _attn_fwd(Q, K, V, Bias, O, LSE,
     mask_m = offs_m < Nq
     mask_d = offs_d < D
 
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    q = _load_tile(Q + b * sqb + h * sqh, offs_m, offs_d, sqm, sqd, mask_m, mask_d)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(0, Nk, BLOCK_N):
         n = start_n + offs_n
         mask_n = n < Nk
-        kt = tl.load(K + b * skb + h * skh + n[None, :] * skn + offs_d[:, None] * skd,
-                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)
+        kt = _load_tile(K + b * skb + h * skh, offs_d, n, skd, skn, mask_d, mask_n)
         s = tl.dot(q, kt, input_precision=PRECISION) * scale
         if HAS_BIAS:
-            s += tl.load(Bias + b * sbb + h * sbh + offs_m[:, None] * sbm + n[None, :] * sbn,
-                         mask=mask_m[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+            s += _load_tile(Bias + b * sbb + h * sbh, offs_m, n, sbm, sbn, mask_m, mask_n).to(tl.float32)
         s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + b * svb + h * svh + n[:, None] * svn + offs_d[None, :] * svd,
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        v = _load_tile(V + b * svb + h * svh, n, offs_d, svn, svd, mask_n, mask_d)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     acc = acc / l_i[:, None]
@@ -83,34 +87,27 @@ def _attn_bwd_dkdv(Q, K, V, Bias, DO, LSE, Delta, DK, DV,
     mask_n = offs_n < Nk
     mask_d = offs_d < D
 
-    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
-                mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
-                mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+    k = _load_tile(K + b * skb + h * skh, offs_n, offs_d, skn, skd, mask_n, mask_d)
+    v = _load_tile(V + b * svb + h * svh, offs_n, offs_d, svn, svd, mask_n, mask_d)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for start_m in range(0, Nq, BLOCK_M):
         m = start_m + offs_m
         mask_m = m < Nq
-        qt = tl.load(Q + b * sqb + h * sqh + m[None, :] * sqm + offs_d[:, None] * sqd,
-                     mask=mask_m[None, :] & mask_d[:, None], other=0.0)
+        qt = _load_tile(Q + b * sqb + h * sqh, offs_d, m, sqd, sqm, mask_d, mask_m)
         st = tl.dot(k, qt, input_precision=PRECISION) * scale
         if HAS_BIAS:
-            st += tl.load(Bias + b * sbb + h * sbh + m[None, :] * sbm + offs_n[:, None] * sbn,
-                          mask=mask_m[None, :] & mask_n[:, None], other=0.0).to(tl.float32)
+            st += _load_tile(Bias + b * sbb + h * sbh, offs_n, m, sbn, sbm, mask_n, mask_m).to(tl.float32)
         lse = tl.load(LSE + pid_bh * Nq + m, mask=mask_m, other=0.0)
         pt = tl.exp(st - lse[None, :])
         pt = tl.where(mask_m[None, :] & mask_n[:, None], pt, 0.0)
-        do = tl.load(DO + b * sdob + h * sdoh + m[:, None] * sdom + offs_d[None, :] * sdod,
-                     mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        do = _load_tile(DO + b * sdob + h * sdoh, m, offs_d, sdom, sdod, mask_m, mask_d)
         dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
-        dot_t = tl.load(DO + b * sdob + h * sdoh + m[None, :] * sdom + offs_d[:, None] * sdod,
-                        mask=mask_m[None, :] & mask_d[:, None], other=0.0)
+        dot_t = _load_tile(DO + b * sdob + h * sdoh, offs_d, m, sdod, sdom, mask_d, mask_m)
         dpt = tl.dot(v, dot_t, input_precision=PRECISION)
         delta = tl.load(Delta + pid_bh * Nq + m, mask=mask_m, other=0.0)
         dst = pt * (dpt - delta[None, :])
-        q = tl.load(Q + b * sqb + h * sqh + m[:, None] * sqm + offs_d[None, :] * sqd,
-                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        q = _load_tile(Q + b * sqb + h * sqh, m, offs_d, sqm, sqd, mask_m, mask_d)
         dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
     dk = dk * scale
     # dK and dV are fresh contiguous buffers of one shape: they share the strides sg*.
@@ -138,10 +135,8 @@ def _attn_bwd_dq(Q, K, V, Bias, DO, LSE, Delta, DQ, DB,
     mask_m = offs_m < Nq
     mask_d = offs_d < D
 
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-    do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdom + offs_d[None, :] * sdod,
-                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    q = _load_tile(Q + b * sqb + h * sqh, offs_m, offs_d, sqm, sqd, mask_m, mask_d)
+    do = _load_tile(DO + b * sdob + h * sdoh, offs_m, offs_d, sdom, sdod, mask_m, mask_d)
     lse = tl.load(LSE + pid_bh * Nq + offs_m, mask=mask_m, other=0.0)
     delta = tl.load(Delta + pid_bh * Nq + offs_m, mask=mask_m, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -149,23 +144,19 @@ def _attn_bwd_dq(Q, K, V, Bias, DO, LSE, Delta, DQ, DB,
         n = start_n + offs_n
         mask_n = n < Nk
         mask_mn = mask_m[:, None] & mask_n[None, :]
-        kt = tl.load(K + b * skb + h * skh + n[None, :] * skn + offs_d[:, None] * skd,
-                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)
+        kt = _load_tile(K + b * skb + h * skh, offs_d, n, skd, skn, mask_d, mask_n)
         s = tl.dot(q, kt, input_precision=PRECISION) * scale
         if HAS_BIAS:
-            s += tl.load(Bias + b * sbb + h * sbh + offs_m[:, None] * sbm + n[None, :] * sbn,
-                         mask=mask_mn, other=0.0).to(tl.float32)
+            s += _load_tile(Bias + b * sbb + h * sbh, offs_m, n, sbm, sbn, mask_m, mask_n).to(tl.float32)
         p = tl.exp(s - lse[:, None])
         p = tl.where(mask_mn, p, 0.0)
-        vt = tl.load(V + b * svb + h * svh + n[None, :] * svn + offs_d[:, None] * svd,
-                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)
+        vt = _load_tile(V + b * svb + h * svh, offs_d, n, svd, svn, mask_d, mask_n)
         dp = tl.dot(do, vt, input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         if WRITE_DB:
             tl.store(DB + b * sdbb + h * sdbh + offs_m[:, None] * sdbm + n[None, :] * sdbn,
                      ds.to(DB.dtype.element_ty), mask=mask_mn)
-        k = tl.load(K + b * skb + h * skh + n[:, None] * skn + offs_d[None, :] * skd,
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        k = _load_tile(K + b * skb + h * skh, n, offs_d, skn, skd, mask_n, mask_d)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     dq = dq * scale
     tl.store(DQ + b * sgb + h * sgh + offs_m[:, None] * sgm + offs_d[None, :] * sgd,
