@@ -36,7 +36,8 @@ def main() -> None:
     print(f"estimator screening: {screen_rate:,.0f} candidates/s ({inside}/{len(specs)} random proposals "
           f"inside the {args.budget} band)")
 
-    from metanet.search import SearchConfig, run_search
+    from metanet.search import run_search
+    from metanet.search_config import SearchConfig
     out = Path(tempfile.mkdtemp()) / "run"
     cfg = SearchConfig.from_dict({"out": str(out), "trials": args.trials, "stages": ["zero-cost"],
                                   "flops": [budget], "proxy_resolution": args.proxy_resolution})
@@ -53,18 +54,18 @@ def main() -> None:
         from nni.nas.experiment import NasExperiment, NasExperimentConfig
         from nni.nas.strategy import Random
     from metanet.data import load_digits_bundle
-    from metanet.plugin_manager import get_plugin_manager
+    from metanet.plugin_manager import registry
     from metanet.search_spaces.nni_space import UnifiedSpace
-    from metanet.stages import StageContext
+    from metanet.stages import StageContext, run_stage
     import torch
-    pm = get_plugin_manager()
+    pm = registry()
     data = load_digits_bundle(args.proxy_resolution)
-    defaults = pm.get("stages", "zero-cost").options["defaults"]
+    stage = pm.stage("zero-cost")
 
     def bare(model):
         # the same zero-cost work, called directly: no store, no projection, no trial hooks
-        ctx = StageContext(model, model.spec, data, dict(defaults), {}, torch.device("cpu"))
-        nni.report_final_result(pm.hook.metanet_run_stage(stage="zero-cost", context=ctx)["score"])
+        ctx = StageContext(model, model.spec, data, stage.config(), {}, torch.device("cpu"))
+        nni.report_final_result(run_stage(pm, stage, ctx)["score"])
 
     config = NasExperimentConfig("sequential", "simplified")
     config.max_trial_number = args.trials

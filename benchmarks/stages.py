@@ -22,14 +22,14 @@ def main() -> None:
 
     from metanet.budget import parse_flops
     from metanet.data import load_digits_bundle
-    from metanet.plugin_manager import get_plugin_manager
+    from metanet.plugin_manager import registry
     from metanet.search_spaces.metanet import MetaNet
     from metanet.search_spaces.unified import DEFAULT_SPACE, sample_within_budget
-    from metanet.stages import StageContext, stage_config
+    from metanet.stages import StageContext, run_stage
 
     tiny = {"amateur": {"max_steps": 12, "batch_size": 32}, "expert": {"max_steps": 6, "batch_size": 32},
             "generalist": {"max_steps": 8, "batch_size": 32}, "downstream": {"epochs": 40}}
-    pm = get_plugin_manager()
+    pm = registry()
     data = load_digits_bundle(args.proxy_resolution)
     spec = sample_within_budget(DEFAULT_SPACE, parse_flops(args.budget), random.Random(args.seed))
     torch.manual_seed(0)
@@ -38,9 +38,9 @@ def main() -> None:
     total = 0.0
     print(f"candidate: {spec.describe()}")
     for stage in ("zero-cost", "amateur", "expert", "generalist", "downstream"):
-        ctx = StageContext(model, spec, data, stage_config(pm, stage, tiny.get(stage)), state, torch.device("cpu"))
+        ctx = StageContext(model, spec, data, pm.stage(stage).config(tiny.get(stage)), state, torch.device("cpu"))
         t0 = time.perf_counter()
-        metrics = pm.hook.metanet_run_stage(stage=stage, context=ctx)
+        metrics = run_stage(pm, pm.stage(stage), ctx)
         dt = time.perf_counter() - t0
         total += dt
         state.setdefault(stage, {})["metrics"] = metrics

@@ -87,3 +87,20 @@ def count_flops(model: nn.Module, resolution: int | tuple[int, int] = 224, in_ch
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def count_timm_model(name: str, resolution: int, num_classes: int) -> dict:
+    """``metanet flops timm:NAME``: any timm model counted under the same convention, to compare with."""
+    import timm
+
+    from .errors import ConfigError
+    if name not in timm.list_models():
+        raise ConfigError(f"unknown timm model {name!r} (see timm.list_models())")
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    try:
+        counted = count_flops(model, resolution)
+    except Exception as exc:  # a timm model that cannot be traced at this size
+        raise ConfigError(f"timm:{name}: cannot count at {resolution}px ({str(exc).splitlines()[0]})") from None
+    params = count_params(model)
+    return {"spec": f"timm:{name}", "resolution": resolution, "flops": counted.total, "params": params,
+            "flops_counted": counted.total, "params_counted": params, "flops_matmul_only": counted.matmul_only}

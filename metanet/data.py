@@ -19,9 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-
-class DataError(ValueError):
-    """Unusable data; the message names the folder, file or task."""
+from .errors import DataError
 
 
 @dataclass
@@ -185,7 +183,21 @@ def load_folder_bundle(root: str | os.PathLike, resolution: int = 32, seed: int 
 
 
 def load_data(pm, source: str, resolution: int, seed: int) -> DataBundle:
-    """A registered dataset name (``digits``) or a directory (the ``folder`` loader)."""
+    """A registered dataset by name, ``NAME:PATH`` for a loader that reads a folder, or a bare path.
+
+    A bare path (an existing folder, or text with a path separator) goes to the one registered
+    loader that reads folders (``folder`` unless plugins add more; then name it).
+    """
+    name, colon, path = source.partition(":")
+    if colon and name in pm.registry["datasets"]:
+        dataset = pm.dataset(name)
+        if not dataset.takes_path:
+            raise DataError(f"data: dataset {name!r} does not read a folder; use --data {name}")
+        return dataset.load(resolution, seed, path)
     if os.path.isdir(source) or os.sep in source:
-        return pm.get("datasets", "folder").obj(source, resolution=resolution, seed=seed)
-    return pm.get("datasets", source).obj(resolution=resolution, seed=seed)
+        readers = [d for d in pm.registry["datasets"].values() if d.takes_path]
+        if len(readers) != 1:
+            names = ", ".join(d.name for d in readers) or "none"
+            raise DataError(f"data: {source} is a folder; say which loader reads it as NAME:{source} ({names})")
+        return readers[0].load(resolution, seed, source)
+    return pm.dataset(source).load(resolution, seed)

@@ -15,14 +15,12 @@ from pathlib import Path
 import torch
 
 from .budget import format_flops, parse_flops
-from .search import STORE_FILE, load_run, weights_path
-from .store import TrialStore
+from .errors import ExportError
+from .run_dir import RunDir
+from .search_spaces.timm_models import export_pretrained_cfg, load_snippet
+from .store import OK
 
 FORMATS = ("torchscript", "onnx")
-
-
-class ExportError(ValueError):
-    """An export that cannot be made; the message names the option or file."""
 
 
 @dataclass
@@ -35,27 +33,30 @@ class ExportResult:
     note: str
 
 
-def select_trial(run_dir: str | Path, budget=None, rank: int | None = None, trial: int | None = None) -> dict:
-    cfg = load_run(run_dir)
-    rows = TrialStore(Path(run_dir) / STORE_FILE).trials()
+def select_trial(run: RunDir, budget=None, rank: int | None = None, trial: int | None = None) -> dict:
+    """The trial to export: by id, or the ``rank``-th best (within ``budget`` if given)."""
+    store = run.read_store()
     if trial is not None:
+        rows = store.trials()
         match = [r for r in rows if r["id"] == trial]
         if not match:
-            raise ExportError(f"trial: no trial {trial} in {run_dir} (ids {rows[0]['id']}-{rows[-1]['id']})"
-                              if rows else f"trial: {run_dir} has no trials")
-        if match[0]["status"] != "ok":
+            raise ExportError(f"trial: no trial {trial} in {run.path} (ids {rows[0]['id']}-{rows[-1]['id']})"
+                              if rows else f"trial: {run.path} has no trials")
+        if match[0]["status"] != OK:
             raise ExportError(f"trial: trial {trial} did not finish ({match[0]['status']}: {match[0]['error']})")
         return match[0]
-    ok = [r for r in rows if r["status"] == "ok"]
+    b = None
     if budget is not None:
-        b = parse_flops(budget) if isinstance(budget, str) else int(budget)
-        if b not in cfg.flops:
+        try:
+            b = parse_flops(budget) if isinstance(budget, str) else int(budget)
+        except ValueError as exc:
+            raise ExportError(f"budget: {exc}") from None
+        if b not in run.config.flops:
             raise ExportError(f"budget: {format_flops(b)} is not a budget of this run "
-                              f"({', '.join(format_flops(x) for x in cfg.flops)})")
-        ok = [r for r in ok if r["budget"] == b]
+                              f"({', '.join(format_flops(x) for x in run.config.flops)})")
+    ok = run.ranked(b, status=OK, store=store)
     if not ok:
-        raise ExportError(f"{run_dir}: no finished trial" + (f" for budget {format_flops(b)}" if budget else ""))
-    ok.sort(key=lambda r: -r["score"])
+        raise ExportError(f"{run.path}: no finished trial" + (f" for budget {format_flops(b)}" if b else ""))
     rank = rank or 1
     if not 1 <= rank <= len(ok):
         raise ExportError(f"rank: {rank} is out of range (1-{len(ok)} finished trials)")
@@ -71,8 +72,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, budget=None, rank: i
     from metanet.search_spaces.metanet import MetaNet
     from metanet.search_spaces.spec import ArchSpec, SpecError
 
-    from metanet.plugin_manager import get_plugin_manager
-    plugin_formats = get_plugin_manager().registry["exporters"]
+    from metanet.plugin_manager import registry
+    plugin_formats = registry().registry["exporters"]
     unknown = [f for f in formats if f not in FORMATS and f not in plugin_formats]
     if unknown:
         known = ", ".join([*FORMATS, *sorted(plugin_formats)])
@@ -80,14 +81,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, budget=None, rank: i
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise ExportError(f"{out_dir}: exists and is not empty; use --force to replace it")
-    cfg = load_run(run_dir)
-    row = select_trial(run_dir, budget, rank, trial)
+    run = RunDir.open(run_dir)
+    cfg = run.config
+    row = select_trial(run, budget, rank, trial)
     try:
         spec = ArchSpec.from_dict(row["spec"], source=f"trial {row['id']} spec")
     except SpecError as exc:
         raise ExportError(str(exc)) from None
 
-    wpath = weights_path(Path(run_dir), row["id"])
+    wpath = run.weights_path(row["id"])
     img_size = cfg.proxy_resolution
     trained = wpath.exists()
     model = MetaNet(spec, num_classes=num_classes, img_size=img_size).eval()
@@ -115,9 +117,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, budget=None, rank: i
     save_file(weights, str(out_dir / "model.safetensors"), metadata={"trained": str(trained)})
     files.append(out_dir / "model.safetensors")
     res = cfg.resolution
-    pretrained_cfg = {"architecture": "metanet", "num_classes": num_classes, "input_size": [3, res, res],
-                      "crop_pct": 0.875, "interpolation": "bicubic", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-                      "first_conv": "stem.conv", "classifier": "classifier"}
+    pretrained_cfg = export_pretrained_cfg(num_classes, res)
     config = {"architecture": "metanet", "num_classes": num_classes, "num_features": model.num_features,
               "model_args": {"arch": "arch.json", "img_size": img_size}, "pretrained_cfg": pretrained_cfg,
               "feature_info": model.feature_info, "trained": trained,
@@ -146,12 +146,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, budget=None, rank: i
     (out_dir / "README.md").write_text(_readme(out_dir, row, cfg, note, load_line, formats))
     files.append(out_dir / "README.md")
     return ExportResult(out_dir, row, trained, files, load_line, note)
-
-
-def load_snippet(out_dir: Path) -> str:
-    d = out_dir.resolve()
-    return (f"import metanet, timm; model = timm.create_model('metanet', arch='{d}/arch.json', pretrained=True, "
-            f"pretrained_cfg_overlay=dict(file='{d}/model.safetensors', num_classes=0))")
 
 
 def _readme(out_dir, row, cfg, note, load_line, formats) -> str:

@@ -32,35 +32,46 @@ def metanet_register_operators(register):
     grid)`` returns an ``nn.Module`` mapping NCHW to NCHW (stride and width change happen in the
     first block of a stage). ``cost`` has the same arguments plus ``hw_in``/``hw_out`` and returns
     ``(flops, params)``; without it the estimator counts one built block with fvcore (cached per
-    shape). ``attention=True`` lets LG-DSM and the head-dim rules apply. Returns nothing.
+    shape). ``attention=True`` lets LG-DSM and the head-dim rules apply. The built-in operators
+    (``mbconv``, ``fused_mbconv``, ``attention``, ``attention_rpb``, ``xca``) are registered through
+    this hook too; a name registered twice is an error. Returns nothing.
     """
 
 
 @hookspec
 def metanet_register_strategies(register):
-    """Register search strategies: ``register(name, factory, description="")``.
+    """Register search strategies: ``register(name, factory, description="", constraints=True)``.
 
-    Called once per plugin at load time. ``factory(**options)`` returns an NNI 3.0 strategy.
-    Returns nothing.
+    Called once per plugin at load time. ``factory(seed=..., **options)`` returns an NNI 3.0
+    strategy. ``constraints=False`` for strategies that cannot read the space's validity constraint
+    (NNI's TPE): invalid samples are then repaired or screened. Returns nothing.
     """
 
 
 @hookspec
 def metanet_register_datasets(register):
-    """Register data sources: ``register(name, loader, description="")``.
+    """Register data sources: ``register(name, loader, description="", path=False)``.
 
-    Called once per plugin at load time. ``loader(resolution, seed, **options)`` returns a
-    :class:`metanet.data.DataBundle` (upstream label sources and downstream tasks). Returns nothing.
+    Called once per plugin at load time. ``loader(resolution=..., seed=...)`` returns a
+    :class:`metanet.data.DataBundle` (upstream label sources and downstream tasks). With
+    ``path=True`` the loader reads a folder: ``loader(path, resolution=..., seed=...)``, selected by
+    ``--data NAME:PATH`` (or ``--data PATH`` when it is the only such loader). Returns nothing.
     """
 
 
 @hookspec
 def metanet_register_stages(register):
-    """Register evaluation stages: ``register(name, defaults=None, description="")``.
+    """Register evaluation stages: ``register(name, run=None, defaults=None, description="",
+    trains_backbone=False, score_metric="acc")``.
 
-    Called once per plugin at load time. ``defaults`` is the stage's configuration (epochs,
-    batch size, lr ...) that users override. The stage runs through :func:`metanet_run_stage`.
-    Returns nothing.
+    Called once per plugin at load time. ``run(context)`` evaluates one candidate (``context`` is a
+    :class:`metanet.stages.StageContext`) and returns a dict of metric name -> number. ``defaults``
+    is the stage's configuration (epochs, batch size, lr ...) that users override with ``--set``;
+    values keep the type of their default. ``trains_backbone=True`` declares that the stage leaves
+    trained backbone weights in ``context.state[name]["weights"]`` (the search keeps the best for
+    export). ``score_metric`` is the metric that scores a candidate when this is the last stage of
+    a run that declares one (``None``: never the default score). Without ``run``, the stage runs
+    through :func:`metanet_run_stage`. Returns nothing.
     """
 
 
@@ -77,7 +88,9 @@ def metanet_register_exporters(register):
 
 @hookspec(firstresult=True)
 def metanet_run_stage(stage, context):
-    """Run evaluation stage ``stage`` (its registered name) on one candidate.
+    """Run evaluation stage ``stage`` (its registered name) on one candidate: an optional override.
+
+    Tried before the stage's registered ``run``; stages registered without ``run`` rely on it.
 
     ``context`` is a :class:`metanet.stages.StageContext`: the candidate ``model`` (a backbone
     without classifier), its ``spec``, the ``data`` bundle, the stage's merged ``config``, and

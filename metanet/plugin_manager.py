@@ -1,4 +1,4 @@
-"""The plugin manager: built-in plugins register exactly like external ones.
+"""The plugin manager and the process-wide registry every consumer asks.
 
 Sources of plugins, in load order:
 1. the built-ins, :data:`DEFAULT_PLUGINS` (module paths, imported and registered like any other);
@@ -6,66 +6,43 @@ Sources of plugins, in load order:
    environment variable ``METANET_DISABLE_PLUGIN_AUTOLOAD`` is set);
 3. module paths in ``METANET_PLUGINS`` (comma-separated) and the CLI's ``-p/--plugin``.
 
-A hook implementation with a misspelt ``metanet_`` name fails loudly (``check_pending``); a plugin
-that cannot be imported raises :class:`PluginError` naming it.
+:func:`registry` builds the manager on first use and keeps it for the process: spec validation,
+the model builder, the estimator, the CLI, timm's ``create_model`` and NNI's trial processes all
+ask it, so a plugin installed through its entry point is seen everywhere. A hook implementation
+with a misspelt ``metanet_`` name fails loudly (``check_pending``); a plugin that cannot be
+imported raises :class:`PluginError` naming it; two plugins registering one name is an error.
 """
 from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
+from .errors import PluginError, UnknownName
+from .registered import KINDS, Dataset, Operator, Registered, SearchSpace, Stage, Strategy
 
 ENTRY_POINT_GROUP = "metanet"
 ENV_PLUGINS = "METANET_PLUGINS"
 ENV_DISABLE_AUTOLOAD = "METANET_DISABLE_PLUGIN_AUTOLOAD"
 
 DEFAULT_PLUGINS = (
+    "metanet.plugins.operators",
     "metanet.plugins.spaces",
     "metanet.plugins.datasets",
     "metanet.plugins.strategies",
-    "metanet.plugins.zero_cost",
-    "metanet.plugins.amateur",
-    "metanet.plugins.expert",
-    "metanet.plugins.generalist",
-    "metanet.plugins.downstream",
+    "metanet.plugins.stages",
 )
-
-COLLECTIONS = {
-    "search_spaces": "metanet_register_search_spaces",
-    "operators": "metanet_register_operators",
-    "strategies": "metanet_register_strategies",
-    "datasets": "metanet_register_datasets",
-    "stages": "metanet_register_stages",
-    "exporters": "metanet_register_exporters",
-}
-
-
-class PluginError(Exception):
-    """A plugin could not be loaded or one of its hooks failed; the message names the plugin."""
-
-    def __init__(self, message: str, plugin: str | None = None):
-        super().__init__(message)
-        self.plugin = plugin
-
-
-@dataclass
-class Registered:
-    name: str
-    obj: Any
-    plugin: str
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class PluginInfo:
     name: str
-    source: str  # "built-in", "entry point <dist> <version>", "module path"
+    source: str  # "built-in", "entry point of <dist>", "module path"
     version: str | None
     hooks: list[str]
 
@@ -83,14 +60,14 @@ class _Manager(pluggy.PluginManager):
 
 
 class PluginManager:
-    """Loads plugins and holds what they registered (operators, stages, datasets ...)."""
+    """Loads plugins and holds what they registered, as typed entries (:mod:`metanet.registered`)."""
 
     def __init__(self, plugins: tuple[str, ...] | list[str] = (), autoload: bool | None = None,
                  builtins: bool = True):
         self.pm = _Manager("metanet")
         self.pm.add_hookspecs(hookspecs)
         self._sources: dict[str, tuple[str, str | None]] = {}
-        self.registry: dict[str, dict[str, Registered]] = {kind: {} for kind in COLLECTIONS}
+        self.registry: dict[str, dict[str, Registered]] = {kind: {} for kind in KINDS}
         if builtins:
             for path in DEFAULT_PLUGINS:
                 self._load_module(path, source="built-in")
@@ -99,9 +76,9 @@ class PluginManager:
         if autoload:
             self._load_entry_points()
         env = [p.strip() for p in os.environ.get(ENV_PLUGINS, "").split(",") if p.strip()]
-        for path in [*env, *plugins]:
-            if path not in self._sources:
-                self._load_module(path, source="module path")
+        self.requested = tuple(dict.fromkeys([*env, *plugins]))
+        for path in self.requested:
+            self._load_module(path, source="module path")
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
@@ -110,13 +87,14 @@ class PluginManager:
         self._collect()
 
     # -- loading ---------------------------------------------------------------------------
-    def _load_module(self, path: str, source: str, version: str | None = None, name: str | None = None) -> None:
-        name = name or path
+    def _load_module(self, path: str, source: str) -> None:
+        if path in self._sources:
+            return
         try:
             module = importlib.import_module(path)
         except Exception as exc:
-            raise PluginError(f"plugin '{name}' failed to import: {type(exc).__name__}: {exc}", name) from None
-        self._register(module, name, source, version)
+            raise PluginError(f"plugin '{path}' failed to import: {type(exc).__name__}: {exc}", path) from None
+        self._register(module, path, source, None)
 
     def _register(self, plugin, name: str, source: str, version: str | None) -> None:
         if self.pm.is_registered(plugin) or self.pm.get_plugin(name) is not None:
@@ -140,13 +118,18 @@ class PluginManager:
             self._register(plugin, ep.name, f"entry point of {dist_name}", version)
 
     def _collect(self) -> None:
-        # Called per implementation so each registration is attributed to its plugin.
-        for kind, hookname in COLLECTIONS.items():
-            for impl in reversed(getattr(self.pm.hook, hookname).get_hookimpls()):
-                def register(name, obj=None, _plugin=impl.plugin_name, _kind=kind, **options):
+        # Called per implementation, in load order (built-ins first), so that each registration is
+        # attributed to its plugin and a clash names the plugin that came second.
+        for kind, (hookname, cls) in KINDS.items():
+            table = self.registry[kind]
+            for impl in getattr(self.pm.hook, hookname).get_hookimpls():
+                def register(name, obj=None, _plugin=impl.plugin_name, _cls=cls, _table=table, **options):
                     if not isinstance(name, str) or not name:
-                        raise PluginError(f"plugin '{_plugin}' registered a {_kind[:-1]} without a name", _plugin)
-                    self.registry[_kind][name] = Registered(name, obj, _plugin, options)
+                        raise PluginError(f"plugin '{_plugin}' registered a {_cls.kind} without a name", _plugin)
+                    if name in _table:
+                        raise PluginError(f"plugin '{_plugin}' registers {_cls.kind} {name!r}, which plugin "
+                                          f"'{_table[name].plugin}' already registered", _plugin)
+                    _table[name] = _cls(name, obj, _plugin, options)
                 try:
                     impl.function(register=register)
                 except PluginError:
@@ -154,26 +137,39 @@ class PluginManager:
                 except Exception as exc:
                     raise PluginError(f"plugin '{impl.plugin_name}': {hookname} raised "
                                       f"{type(exc).__name__}: {exc}", impl.plugin_name) from None
-        if self.registry["operators"]:
-            from metanet.search_spaces.operators import register_operator
-            for reg in self.registry["operators"].values():
-                register_operator(reg.name, reg.obj, **reg.options)
-        if self.registry["search_spaces"]:
-            from metanet.search_spaces.unified import SPACES
-            for reg in self.registry["search_spaces"].values():
-                SPACES[reg.name] = reg.obj
 
     # -- queries ---------------------------------------------------------------------------
     @property
     def hook(self):
         return self.pm.hook
 
-    def get(self, kind: str, name: str) -> Registered:
+    def get(self, kind: str, name: str) -> Any:
+        """The entry ``name`` of ``kind`` (``stages``, ``operators`` ...); unknown names raise :class:`UnknownName`."""
         table = self.registry[kind]
         if name not in table:
             known = ", ".join(sorted(table)) or "none"
-            raise KeyError(f"unknown {kind[:-1].replace('_', ' ')} {name!r} (known: {known})")
+            what = KINDS[kind][1].kind
+            raise UnknownName(f"unknown {what} {name!r} (known: {known})")
         return table[name]
+
+    def operator(self, name: str) -> Operator:
+        return self.get("operators", name)
+
+    def stage(self, name: str) -> Stage:
+        return self.get("stages", name)
+
+    def space(self, name: str):
+        entry: SearchSpace = self.get("search_spaces", name)
+        return entry.obj
+
+    def strategy(self, name: str) -> Strategy:
+        return self.get("strategies", name)
+
+    def dataset(self, name: str) -> Dataset:
+        return self.get("datasets", name)
+
+    def names(self, kind: str) -> list[str]:
+        return list(self.registry[kind])
 
     def plugins(self) -> list[PluginInfo]:
         out = []
@@ -186,15 +182,15 @@ class PluginManager:
             out.append(PluginInfo(name, source, version, hooks))
         return out
 
-    def blame(self, hookname: str, exc: BaseException) -> str | None:
-        """The plugin whose implementation of ``hookname`` raised ``exc`` (innermost frame wins)."""
-        codes = {impl.function.__code__: impl.plugin_name
-                 for impl in getattr(self.pm.hook, hookname).get_hookimpls()}
-        name, tb = None, exc.__traceback__
-        while tb is not None:
-            name = codes.get(tb.tb_frame.f_code, name)
-            tb = tb.tb_next
-        return name
+    def describe(self) -> dict[str, Any]:
+        """``metanet plugins --json``: every plugin, and what each registered (name -> plugin)."""
+        rows = [{"name": p.name, "source": p.source, "version": p.version, "hooks": p.hooks} for p in self.plugins()]
+        registered = {kind: {name: entry.plugin for name, entry in table.items()}
+                      for kind, table in self.registry.items()}
+        return {"plugins": rows, "registered": registered}
+
+    def source_of(self, plugin: str) -> str:
+        return self._sources.get(plugin, ("registered", None))[0]
 
     def notify(self, hookname: str, **kwargs) -> list[str]:
         """Call an observer hook; a raising observer is reported, never fatal. Returns the messages."""
@@ -210,10 +206,22 @@ class PluginManager:
 _default: PluginManager | None = None
 
 
-def get_plugin_manager(plugins: tuple[str, ...] | list[str] = (), refresh: bool = False) -> PluginManager:
-    """The process-wide manager (built on first use); ``plugins`` adds module paths."""
+def registry(plugins: tuple[str, ...] | list[str] = (), refresh: bool = False) -> PluginManager:
+    """The process-wide plugin manager, built on first use; ``plugins`` adds module paths to load.
+
+    Modules named in earlier calls stay loaded: a later call that names a new one rebuilds the
+    manager with all of them.
+    """
     global _default
-    if _default is None or refresh or any(p not in _default._sources for p in plugins):
-        _default = PluginManager(plugins=tuple(plugins))
+    if _default is not None and not refresh and all(p in _default._sources for p in plugins):
+        return _default
+    keep = _default.requested if _default is not None and not refresh else ()
+    _default = PluginManager(plugins=tuple(dict.fromkeys([*keep, *plugins])))
     return _default
+
+
+def reset_registry() -> None:
+    """Forget the process-wide manager (tests; a long-lived process after installing a plugin)."""
+    global _default
+    _default = None
 

@@ -11,11 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .errors import RemoteConfigError
+
 ALLOWED = {"host", "user", "port", "password", "ssh_key_file", "ssh_passphrase", "python_path"}
-
-
-class RemoteConfigError(ValueError):
-    """A machines file NNI could not use; the message names the file and the field."""
 
 
 def load_machines(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """Running evaluation stages on a candidate: the context stages receive, and the trial loop.
 
-A stage is registered by a plugin (``metanet_register_stages``) and run through the
-``metanet_run_stage`` hook. :func:`evaluate_candidate` runs the stages a user picked, in order, on one
+A stage is registered by a plugin (``metanet_register_stages``) with its runner and capabilities;
+``metanet_run_stage`` may override the runner. :func:`evaluate_candidate` runs the stages a user picked, in order, on one
 architecture, turns their metrics into the score the search optimises, and reports the trial to the
 observer hooks. A stage that raises never takes the caller down: the trial is marked failed with the
 stage, the plugin whose code raised and the error.
@@ -18,7 +18,10 @@ import torch
 import torch.nn as nn
 
 from .data import DataBundle
-from .plugin_manager import PluginManager, get_plugin_manager
+from .errors import ConfigError
+from .plugin_manager import PluginManager, registry
+from .registered import Stage
+from .store import FAILED, OK
 
 
 @dataclass
@@ -52,54 +55,91 @@ class StageContext:
 
 @dataclass
 class TrialResult:
-    status: str                      # "finished" or "failed"
+    status: str                      # OK or FAILED (metanet.store)
     metrics: dict[str, float] = field(default_factory=dict)
     score: float | None = None
     error: dict[str, Any] | None = None
     state: dict[str, dict] = field(default_factory=dict)
     seconds: float = 0.0
+    backbone_stage: str | None = None  # the last stage that left trained backbone weights
+
+    @property
+    def backbone_weights(self) -> dict | None:
+        return self.state[self.backbone_stage]["weights"] if self.backbone_stage else None
 
 
-def default_score_weights(stages: list[str]) -> dict[str, float]:
-    """Downstream accuracy; the zero-cost score when that is the only stage; else the last stage's acc."""
-    if "downstream" in stages:
-        return {"downstream.acc": 1.0}
-    if stages == ["zero-cost"]:
-        return {"zero-cost.score": 1.0}
-    return {f"{stages[-1]}.acc": 1.0}
+def default_score_weights(stages: list[str], pm: PluginManager | None = None) -> dict[str, float]:
+    """The score metric of the last stage that declares one (downstream accuracy by default)."""
+    pm = pm or registry()
+    for name in reversed(stages):
+        metric = pm.stage(name).score_metric
+        if metric:
+            return {f"{name}.{metric}": 1.0}
+    raise ConfigError(f"score: none of the stages {', '.join(stages)} declares a score metric; give --score")
 
 
-def parse_score(text: str | None) -> dict[str, float] | None:
-    """``downstream.acc=1,zero-cost.score=0.01`` -> weights; a bare name has weight 1."""
+def parse_score(text: str | dict | None) -> dict[str, float] | None:
+    """``downstream.acc=1,zero-cost.score=0.01`` (or a mapping) -> weights; a bare name has weight 1."""
     if not text:
         return None
+    parts = text.items() if isinstance(text, dict) else \
+        [(name, weight) for name, _, weight in (p.partition("=") for p in str(text).split(","))]
     weights = {}
-    for part in text.split(","):
-        name, _, weight = part.partition("=")
+    for name, weight in parts:
+        name = str(name).strip()
+        if not name:
+            raise ConfigError(f"score: empty metric name in {text!r}")
         try:
-            weights[name.strip()] = float(weight) if weight else 1.0
-        except ValueError:
-            raise ValueError(f"score: weight of {name.strip()!r} is not a number: {weight!r}") from None
-        if not name.strip():
-            raise ValueError(f"score: empty metric name in {text!r}")
+            weights[name] = float(weight) if weight not in ("", None) else 1.0
+        except (TypeError, ValueError):
+            raise ConfigError(f"score: weight of {name!r} is not a number: {weight!r}") from None
     return weights
 
 
 def combine_score(metrics: dict[str, float], weights: dict[str, float]) -> float:
     missing = [k for k in weights if k not in metrics]
     if missing:
-        raise KeyError(f"score: metric {missing[0]!r} was not produced (have: {', '.join(sorted(metrics))})")
+        raise ConfigError(f"score: metric {missing[0]!r} was not produced (have: {', '.join(sorted(metrics))})")
     return float(sum(metrics[k] * w for k, w in weights.items()))
 
 
-def stage_config(pm: PluginManager, stage: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
-    reg = pm.get("stages", stage)
-    defaults = dict(reg.options.get("defaults") or {})
-    overrides = dict(overrides or {})
-    unknown = [k for k in overrides if k not in defaults]
+def check_stages(pm: PluginManager, stages: list[str], config: dict[str, dict] | None) -> dict[str, dict]:
+    """Each stage's merged settings; unknown stages or settings are errors raised before any work."""
+    config = config or {}
+    unknown = [k for k in config if k not in stages]
     if unknown:
-        raise KeyError(f"stage {stage!r}: unknown setting {unknown[0]!r} (settings: {', '.join(defaults)})")
-    return {**defaults, **overrides}
+        raise ConfigError(f"settings: stage {unknown[0]!r} is not among the stages {','.join(stages)}")
+    return {name: pm.stage(name).config(config.get(name)) for name in stages}
+
+
+class _StageFailed(Exception):
+    def __init__(self, plugin: str | None):
+        self.plugin = plugin
+
+
+def run_stage(pm: PluginManager, stage: Stage, ctx: StageContext) -> dict[str, float]:
+    """A ``metanet_run_stage`` override if one answers, else the stage's registered runner.
+
+    Whatever raises is attributed to the plugin that registered the code that ran.
+    """
+    for impl in reversed(pm.hook.metanet_run_stage.get_hookimpls()):
+        try:
+            result = impl.function(stage=stage.name, context=ctx)
+        except Exception as exc:
+            raise _StageFailed(impl.plugin_name) from exc
+        if result is not None:
+            return result
+    if stage.ref is None:
+        raise _StageFailed(stage.plugin) from RuntimeError(
+            f"no plugin ran stage {stage.name!r} (it was registered without run= and no metanet_run_stage answered)")
+    try:
+        result = stage.obj(ctx)
+    except Exception as exc:
+        raise _StageFailed(stage.plugin) from exc
+    if not isinstance(result, dict):
+        raise _StageFailed(stage.plugin) from TypeError(f"stage {stage.name!r} returned {type(result).__name__}, "
+                                                         "not a dict of metrics")
+    return result
 
 
 def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dict[str, dict] | None = None,
@@ -109,14 +149,9 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
     """Run ``stages`` in order on ``spec``; never raises for a failing stage (the result says failed)."""
     from metanet.search_spaces.metanet import MetaNet
 
-    pm = pm or get_plugin_manager()
-    config = config or {}
-    for name in stages:  # bad stage names or settings are the caller's error: raise before any work
-        stage_config(pm, name, config.get(name))
-    unknown = [k for k in config if k not in stages]
-    if unknown:
-        raise KeyError(f"settings for stage {unknown[0]!r}, which is not among the stages {stages}")
-    weights = score_weights or default_score_weights(stages)
+    pm = pm or registry()
+    configs = check_stages(pm, stages, config)  # the caller's errors: raised before any work
+    weights = score_weights or default_score_weights(stages, pm)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     trial = dict(trial or {})
     trial.setdefault("id", 0)
@@ -129,24 +164,27 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
     model = MetaNet(spec, num_classes=0, img_size=data.resolution).to(device)
     state: dict[str, dict] = {}
     metrics: dict[str, float] = {}
-    current = None
+    current, backbone = None, None
     try:
         for current in stages:
-            ctx = StageContext(model, spec, data, stage_config(pm, current, config.get(current)), state, device, seed)
-            result = pm.hook.metanet_run_stage(stage=current, context=ctx)
-            if result is None:
-                raise RuntimeError(f"no plugin ran stage {current!r} (is the plugin that implements it loaded?)")
+            stage = pm.stage(current)
+            ctx = StageContext(model, spec, data, configs[current], state, device, seed)
+            result = run_stage(pm, stage, ctx)
             state.setdefault(current, {})["metrics"] = dict(result)
             metrics.update({f"{current}.{k}": float(v) for k, v in result.items()})
+            if stage.trains_backbone and state[current].get("weights") is not None:
+                backbone = current
+        current = None
         score = combine_score(metrics, weights)
-    except Exception as exc:
-        plugin = pm.blame("metanet_run_stage", exc)
+    except (_StageFailed, ConfigError) as failure:
+        exc = failure.__cause__ if isinstance(failure, _StageFailed) else failure
+        plugin = failure.plugin if isinstance(failure, _StageFailed) else None
         error = {"stage": current, "plugin": plugin, "message": f"{type(exc).__name__}: {exc}",
-                 "traceback": traceback.format_exc(limit=8)}
-        result = TrialResult("failed", metrics, None, error, state, time.perf_counter() - start)
+                 "traceback": "".join(traceback.format_exception(exc, limit=8))}
+        result = TrialResult(FAILED, metrics, None, error, state, time.perf_counter() - start)
         pm.notify("metanet_trial_failed", trial=trial, error=error)
         return result
     metrics["score"] = score
-    result = TrialResult("finished", metrics, score, None, state, time.perf_counter() - start)
+    result = TrialResult(OK, metrics, score, None, state, time.perf_counter() - start, backbone)
     pm.notify("metanet_trial_finished", trial=trial, metrics=metrics)
     return result

@@ -34,15 +34,24 @@ CREATE TABLE IF NOT EXISTS counters (budget INTEGER, name TEXT, value INTEGER, P
 """
 
 
+# The one trial-status vocabulary: the store, the trial result, results and export all use it.
+RUNNING, OK, FAILED = "running", "ok", "failed"
+DONE = (OK, FAILED)
+
+
 def spec_key(spec: dict[str, Any]) -> str:
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
 
 class TrialStore:
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, create: bool = True):
         self.path = str(path)
-        with self._connect() as db:
-            db.executescript(SCHEMA)
+        if not create and not os.path.exists(self.path):
+            from .errors import RunError
+            raise RunError(f"{os.path.dirname(self.path) or '.'}: no trial store ({os.path.basename(self.path)})")
+        if create:
+            with self._connect() as db:
+                db.executescript(SCHEMA)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

@@ -119,6 +119,14 @@ class LossLog:
                 "train_steps": float(len(self.values))}
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, log: LossLog) -> None:
+    """One step of every training loop here: clear, backpropagate, update, record the loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    log.add(loss)
+
+
 def linear_head(in_features: int, num_classes: int, device) -> nn.Linear:
     head = nn.Linear(in_features, num_classes)
     nn.init.trunc_normal_(head.weight, std=0.02)
@@ -145,8 +153,5 @@ def train_classifier(model: nn.Module, head: nn.Module, ds: Dataset, cfg: dict, 
     for _ in range(steps):
         x, y = next(stream)
         loss = F.cross_entropy(head(features(model, x)), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        log.add(loss)
+        optimizer_step(opt, loss, log)
     return log

@@ -9,24 +9,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from metanet.hookspecs import hookimpl
 from metanet.training import (LossLog, augment, evaluate, features, linear_head, make_optimizer, nt_xent,
-                              source_streams, state_to_cpu)
-
-DEFAULTS = {"epochs": 3, "max_steps": 40, "batch_size": 64, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05,
-            "sources": None, "contrastive_weight": 0.5, "temperature": 0.2, "projection_dim": 64}
+                              optimizer_step, source_streams, state_to_cpu)
 
 
-@hookimpl
-def metanet_register_stages(register):
-    register("amateur", defaults=DEFAULTS,
-             description="multi-source pre-training: one head per label source + contrastive views")
-
-
-@hookimpl
-def metanet_run_stage(stage, context):
-    if stage != "amateur":
-        return None
+def run(context):
     cfg, device = context.config, context.device
     sources = context.data.require_sources(cfg["sources"])
     model = copy.deepcopy(context.model).train()
@@ -49,10 +36,7 @@ def metanet_run_stage(stage, context):
             z1 = proj(features(model, augment(images, g)))
             z2 = proj(features(model, augment(images, g)))
             loss = loss + cfg["contrastive_weight"] * nt_xent(z1, z2, cfg["temperature"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        log.add(loss)
+        optimizer_step(opt, loss, log)
     metrics = {f"{s}.acc": evaluate(model, heads[s], split.test, device) for s, split in sources.items()}
     metrics["acc"] = sum(metrics.values()) / len(sources)
     metrics.update(log.summary())

@@ -10,19 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Subset, TensorDataset
 
-from metanet.hookspecs import hookimpl
-from metanet.training import (LossLog, batches, evaluate, extract, linear_head, make_optimizer, train_classifier)
-
-DEFAULTS = {"fraction": 0.1, "epochs": 100, "batch_size": 64, "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-3,
-            "optimizer": "sgd", "tasks": None, "backbone": "generalist,amateur",
-            "finetune_steps": 0, "finetune_lr": 1e-3,
-            "from_scratch": False, "scratch_epochs": 10, "scratch_max_steps": 60, "scratch_lr": 2e-3}
-
-
-@hookimpl
-def metanet_register_stages(register):
-    register("downstream", defaults=DEFAULTS,
-             description="frozen backbone + linear probe on 10% of each held-out task's labels (GV-B)")
+from metanet.training import (LossLog, batches, evaluate, extract, linear_head, make_optimizer, optimizer_step,
+                              train_classifier)
 
 
 def stratified_fraction(labels: torch.Tensor, fraction: float, seed: int) -> list[int]:
@@ -38,10 +27,7 @@ def stratified_fraction(labels: torch.Tensor, fraction: float, seed: int) -> lis
     return sorted(picked)
 
 
-@hookimpl
-def metanet_run_stage(stage, context):
-    if stage != "downstream":
-        return None
+def run(context):
     cfg, device = context.config, context.device
     tasks = context.data.require_tasks(cfg["tasks"])
     model, origin = context.model_from(*[s for s in cfg["backbone"].split(",") if s])
@@ -58,10 +44,7 @@ def metanet_run_stage(stage, context):
         for _ in range(max(1, int(cfg["epochs"] * max(1, len(y_tr) // cfg["batch_size"])))):
             x, y = next(stream)
             loss = F.cross_entropy(head(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            log.add(loss)
+            optimizer_step(opt, loss, log)
         summary = log.summary()
         firsts.append(summary["train_loss_first"])
         lasts.append(summary["train_loss_last"])

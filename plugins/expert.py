@@ -1,20 +1,8 @@
 """Built-in stage ``expert``: one expert per label source, fine-tuned from the amateur weights."""
-from metanet.hookspecs import hookimpl
 from metanet.training import evaluate, linear_head, state_to_cpu, train_classifier
 
-DEFAULTS = {"epochs": 2, "max_steps": 20, "batch_size": 64, "lr": 5e-4, "optimizer": "adamw", "weight_decay": 0.05,
-            "sources": None}
 
-
-@hookimpl
-def metanet_register_stages(register):
-    register("expert", defaults=DEFAULTS, description="one expert per source, fine-tuned from the amateur weights")
-
-
-@hookimpl
-def metanet_run_stage(stage, context):
-    if stage != "expert":
-        return None
+def run(context):
     cfg, device = context.config, context.device
     sources = context.data.require_sources(cfg["sources"])
     amateur_heads = context.state.get("amateur", {}).get("heads", {})

@@ -10,24 +10,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from metanet.hookspecs import hookimpl
-from metanet.training import (LossLog, evaluate, features, linear_head, make_optimizer, source_streams,
-                              state_to_cpu)
-
-DEFAULTS = {"epochs": 2, "max_steps": 30, "batch_size": 64, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.05,
-            "temperature": 2.0, "label_weight": 1.0, "logit_weight": 1.0, "feature_weight": 1.0}
+from metanet.training import (LossLog, evaluate, features, linear_head, make_optimizer, optimizer_step,
+                              source_streams, state_to_cpu)
 
 
-@hookimpl
-def metanet_register_stages(register):
-    register("generalist", defaults=DEFAULTS,
-             description="multi-teacher distillation of the experts (logits + features) into one model")
-
-
-@hookimpl
-def metanet_run_stage(stage, context):
-    if stage != "generalist":
-        return None
+def run(context):
     cfg, device = context.config, context.device
     experts = context.state.get("expert", {}).get("experts")
     if not experts:
@@ -61,10 +48,7 @@ def metanet_run_stage(stage, context):
             kd = F.kl_div(F.log_softmax(s_logits / t, -1), F.softmax(t_logits / t, -1), reduction="batchmean") * t * t
             loss = loss + cfg["label_weight"] * F.cross_entropy(s_logits, y) + cfg["logit_weight"] * kd \
                 + cfg["feature_weight"] * F.mse_loss(s_feat, t_feat)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        log.add(loss)
+        optimizer_step(opt, loss, log)
     metrics = {f"{s}.acc": evaluate(student, heads[s], split.test, device) for s, split in sources.items()}
     metrics["acc"] = sum(metrics.values()) / len(sources)
     metrics.update(log.summary())

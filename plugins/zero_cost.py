@@ -8,22 +8,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from metanet.hookspecs import hookimpl
 from metanet.training import features, linear_head
 
-DEFAULTS = {"proxy": "naswot", "batch_size": 32, "source": None}
 PROXIES = ("naswot", "grad_norm")
 
 
-@hookimpl
-def metanet_register_stages(register):
-    register("zero-cost", defaults=DEFAULTS, description="training-free score at init (naswot or grad_norm)")
-
-
-@hookimpl
-def metanet_run_stage(stage, context):
-    if stage != "zero-cost":
-        return None
+def run(context):
     cfg = context.config
     if cfg["proxy"] not in PROXIES:
         raise ValueError(f"zero-cost: proxy: unknown proxy {cfg['proxy']!r} (expected one of {', '.join(PROXIES)})")

@@ -8,10 +8,9 @@ thousands of candidates with this; tests hold it within 1% of the counter.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from .spec import HEAD_WIDTH, OPS as BUILTIN_OPS, STRIDES, ArchSpec, stage_grids
+from .spec import HEAD_WIDTH, STRIDES, ArchSpec, stage_grids
 
 
 @dataclass
@@ -151,33 +150,37 @@ def _local_global_dsm(cin, cout, hw_in, hw_out) -> Cost:
     return c
 
 
+# -- the built-in operators' formulas, in the signature every operator's cost has ------------------
+# cost(cin, cout, stride, expand, head_dim, hw_in=, hw_out=, grid=); registered by metanet.plugins.operators.
+
+def mbconv_cost(cin, cout, stride, expand, head_dim, hw_in, hw_out, grid) -> Cost:
+    return _mbconv(cin, cout, stride, expand, hw_in, hw_out)
+
+
+def fused_mbconv_cost(cin, cout, stride, expand, head_dim, hw_in, hw_out, grid) -> Cost:
+    return _fused_mbconv(cin, cout, stride, expand, hw_in, hw_out)
+
+
+def attention_cost(cin, cout, stride, expand, head_dim, hw_in, hw_out, grid) -> Cost:
+    return _transformer("attention", cin, cout, stride, expand, head_dim, hw_in, hw_out, grid)
+
+
+def attention_rpb_cost(cin, cout, stride, expand, head_dim, hw_in, hw_out, grid) -> Cost:
+    return _transformer("attention_rpb", cin, cout, stride, expand, head_dim, hw_in, hw_out, grid)
+
+
+def xca_cost(cin, cout, stride, expand, head_dim, hw_in, hw_out, grid) -> Cost:
+    return _transformer("xca", cin, cout, stride, expand, head_dim, hw_in, hw_out, grid)
+
+
 def block_cost(op, cin, cout, stride, expand, head_dim, hw_in, hw_out, grid) -> Cost:
-    if op not in BUILTIN_OPS:
-        return _plugin_block_cost(op, cin, cout, stride, expand, head_dim, hw_in, hw_out, grid)
-    if op == "mbconv":
-        return _mbconv(cin, cout, stride, expand, hw_in, hw_out)
-    if op == "fused_mbconv":
-        return _fused_mbconv(cin, cout, stride, expand, hw_in, hw_out)
-    return _transformer(op, cin, cout, stride, expand, head_dim, hw_in, hw_out, grid)
+    """Cost of one block of the registered operator ``op``."""
+    from metanet.plugin_manager import registry
+    return registry().operator(op).cost(cin, cout, stride, expand, head_dim, hw_in, hw_out, grid)
 
 
-_counted: dict[tuple, Cost] = {}
-
-
-def _plugin_block_cost(op, cin, cout, stride, expand, head_dim, hw_in, hw_out, grid) -> Cost:
-    from .operators import PLUGIN_OPERATORS, make_block
-    definition = PLUGIN_OPERATORS[op]
-    if definition.cost is not None:
-        flops, params = definition.cost(cin, cout, stride, expand, head_dim, hw_in=hw_in, hw_out=hw_out, grid=grid)
-        return Cost(int(flops), int(params))
-    # No formula from the plugin: count one built block with the counter, once per shape.
-    key = (op, cin, cout, stride, expand, head_dim, hw_in, grid)
-    if key not in _counted:
-        from metanet.counter import count_flops, count_params
-        side = math.isqrt(hw_in)
-        block = make_block(op, cin, cout, stride, expand, head_dim, 0.0, grid)
-        _counted[key] = Cost(count_flops(block, (side, side), in_chans=cin).total, count_params(block))
-    return _counted[key]
+_DSM_COST = {"local": lambda cin, cout, hw_in, hw_out: _local_dsm(cin, cout, hw_out),
+             "local_global": _local_global_dsm}
 
 
 def stage_cost(i: int, st, cin: int, head_dim: int, grids, build_grids) -> Cost:
@@ -187,11 +190,8 @@ def stage_cost(i: int, st, cin: int, head_dim: int, grids, build_grids) -> Cost:
     stride = STRIDES[i]
     c = Cost()
     depth = st.depth
-    if st.dsm == "local":
-        c += _local_dsm(cin, st.width, hw_out)
-        cin, stride, hw = st.width, 1, hw_out
-    elif st.dsm == "local_global":
-        c += _local_global_dsm(cin, st.width, hw, hw_out)
+    if st.dsm != "block":  # a downsampling module takes stride and width change off the first block
+        c += _DSM_COST[st.dsm](cin, st.width, hw, hw_out)
         cin, stride, hw = st.width, 1, hw_out
     if stride != 1 or cin != st.width:
         c += block_cost(st.op, cin, st.width, stride, st.expand, head_dim, hw, hw_out, build_grids[i + 1])
@@ -229,3 +229,27 @@ def estimate(spec: ArchSpec, resolution: int | tuple[int, int] = 224, num_classe
         cin = st.width
     parts["head"] = head_cost(cin, grids[-1][0] * grids[-1][1], num_classes)
     return Estimate(sum(p.flops for p in parts.values()), sum(p.params for p in parts.values()), parts)
+
+
+def flops_report(spec: ArchSpec, source: str, resolution: int, num_classes: int, count: bool = False) -> dict:
+    """The estimate of ``spec`` per part (``metanet flops``); with ``count``, the fvcore count beside it."""
+    est = estimate(spec, resolution, num_classes)
+    stages = {}
+    for name, part in est.parts.items():
+        entry = {"flops": part.flops, "params": part.params}
+        if name[1:].isdigit():
+            st = spec.stages[int(name[1:])]
+            entry["layout"] = f"{st.op} x{st.depth}, width {st.width}, expand {st.expand:g}, dsm {st.dsm}"
+        stages[name] = entry
+    data = {"spec": source, "resolution": resolution, "flops": est.flops, "params": est.params, "stages": stages}
+    if count:
+        import torch
+
+        from metanet.counter import count_flops, count_params
+        from .metanet import MetaNet
+        torch.manual_seed(0)
+        model = MetaNet(spec, num_classes=num_classes, img_size=resolution)
+        counted = count_flops(model, resolution)
+        data.update(flops_counted=counted.total, params_counted=count_params(model),
+                    flops_matmul_only=counted.matmul_only)
+    return data

@@ -110,4 +110,4 @@ def project(spec: ArchSpec, config: SpaceConfig, budget, band, resolution, seed)
     return _projected[key]
 
 
-__all__ = ["UnifiedSpace", "ArchConstraint", "resolve_spec", "quiet"]
+__all__ = ["UnifiedSpace", "ArchConstraint", "resolve_spec", "project"]

@@ -7,9 +7,6 @@ Every attention operator goes through :func:`metanet.kernels.attention`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -17,8 +14,6 @@ from einops import rearrange
 from timm.layers import DropPath, LayerScale, Mlp, SqueezeExcite, make_divisible, trunc_normal_
 
 from metanet.kernels import attention
-
-from .spec import OPS, register_op_name
 
 LAYER_SCALE_INIT = 1e-6
 
@@ -251,43 +246,40 @@ class LocalGlobalDSM(nn.Module):
         return shortcut + to_map(self.proj(y), h, w)
 
 
-@dataclass
-class OperatorDef:
-    factory: Callable[..., nn.Module]
-    cost: Callable[..., tuple[int, int]] | None = None
-    attention: bool = False
+# -- factories with the operator signature every plugin uses ------------------------------------
+# factory(cin, cout, stride, expand, head_dim, drop_path, grid); registered by metanet.plugins.operators.
+
+def mbconv(cin, cout, stride, expand, head_dim, drop_path, grid) -> nn.Module:
+    return MBConv(cin, cout, stride, expand, drop_path)
 
 
-# Operators registered by plugins through metanet_register_operators.
-PLUGIN_OPERATORS: dict[str, OperatorDef] = {}
+def fused_mbconv(cin, cout, stride, expand, head_dim, drop_path, grid) -> nn.Module:
+    return FusedMBConv(cin, cout, stride, expand, drop_path)
 
 
-def register_operator(name: str, factory, cost=None, attention: bool = False) -> None:
-    if name in OPS:
-        raise ValueError(f"operator {name!r} is built in and cannot be replaced")
-    PLUGIN_OPERATORS[name] = OperatorDef(factory, cost, attention)
-    register_op_name(name, attention)
+def attention_block(cin, cout, stride, expand, head_dim, drop_path, grid) -> nn.Module:
+    return TransformerBlock(cin, cout, stride, expand, head_dim, drop_path)
+
+
+def attention_rpb_block(cin, cout, stride, expand, head_dim, drop_path, grid) -> nn.Module:
+    return TransformerBlock(cin, cout, stride, expand, head_dim, drop_path, rel_pos_grid=grid)
+
+
+def xca_block(cin, cout, stride, expand, head_dim, drop_path, grid) -> nn.Module:
+    return TransformerBlock(cin, cout, stride, expand, head_dim, drop_path, mixer="xca")
 
 
 def make_block(op: str, cin: int, cout: int, stride: int, expand: float, head_dim: int,
                drop_path: float, grid: tuple[int, int]) -> nn.Module:
-    """One block of operator ``op``; ``grid`` is its output token grid at the build resolution."""
-    if op in PLUGIN_OPERATORS:
-        return PLUGIN_OPERATORS[op].factory(cin, cout, stride, expand, head_dim, drop_path, grid)
-    if op == "mbconv":
-        return MBConv(cin, cout, stride, expand, drop_path)
-    if op == "fused_mbconv":
-        return FusedMBConv(cin, cout, stride, expand, drop_path)
-    if op in ("attention", "attention_rpb", "xca"):
-        return TransformerBlock(cin, cout, stride, expand, head_dim, drop_path,
-                                mixer="xca" if op == "xca" else "attention",
-                                rel_pos_grid=grid if op == "attention_rpb" else None)
-    raise ValueError(f"unknown operator {op!r}")
+    """One block of the registered operator ``op``; ``grid`` is its output token grid at the build resolution."""
+    from metanet.plugin_manager import registry
+    return registry().operator(op).build(cin, cout, stride, expand, head_dim, drop_path, grid)
+
+
+DOWNSAMPLERS = {"local": LocalDSM, "local_global": LocalGlobalDSM}
 
 
 def make_downsample(dsm: str, cin: int, cout: int, stride: int, head_dim: int) -> nn.Module:
-    if dsm == "local":
-        return LocalDSM(cin, cout, stride)
-    if dsm == "local_global":
-        return LocalGlobalDSM(cin, cout, stride, head_dim)
-    raise ValueError(f"unknown downsampling module {dsm!r}")
+    if dsm not in DOWNSAMPLERS:
+        raise ValueError(f"unknown downsampling module {dsm!r}")
+    return DOWNSAMPLERS[dsm](cin, cout, stride, head_dim=head_dim)

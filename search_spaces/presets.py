@@ -62,3 +62,14 @@ def _build() -> dict[str, Preset]:
 
 
 PRESETS: dict[str, Preset] = _build()
+
+
+def preset_rows() -> list[dict]:
+    """Each preset with its size at its input resolution (``metanet presets``)."""
+    from .estimate import estimate
+    rows = []
+    for p in PRESETS.values():
+        est = estimate(p.spec, p.input_size)
+        rows.append({"name": p.name, "input_size": p.input_size, "flops": est.flops, "params": est.params,
+                     "description": p.description})
+    return rows

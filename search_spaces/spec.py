@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from metanet.errors import SpecError
+
 FORMAT_VERSION = 1
 
 # The MetaNet / UniNet skeleton: six stages after a stride-2 stem.
@@ -20,6 +22,7 @@ STRIDES = (1, 2, 2, 2, 1, 2)
 NUM_STAGES = len(STRIDES)
 HEAD_WIDTH = 1280
 
+# The built-in operator names (registered by metanet.plugins.operators; the default space uses them).
 CONV_OPS = ("mbconv", "fused_mbconv")
 # attention: global MHSA + MLP with a 3x3 depthwise conv positional encoding (MetaNet SABlock,
 # UniNet AttentionBlock); attention_rpb: the same block with a learned relative-position bias
@@ -30,27 +33,20 @@ OPS = CONV_OPS + ATTENTION_OPS
 # local: L-DSM (UniNet); local_global: LG-DSM, attention stages only (UniNet).
 DSMS = ("block", "local", "local_global")
 
-# Operators added by plugins (metanet_register_operators): name -> is it an attention operator.
-_PLUGIN_OPS: dict[str, bool] = {}
-
 STAGE_FIELDS = ("op", "depth", "width", "expand", "dsm")
 GLOBAL_FIELDS = ("stem_width", "head_dim")
 
 
 def known_ops() -> tuple[str, ...]:
-    return OPS + tuple(_PLUGIN_OPS)
+    """Every registered operator (built-in and plugins'), from the process-wide registry."""
+    from metanet.plugin_manager import registry
+    return tuple(registry().names("operators"))
 
 
 def is_attention_op(op: str) -> bool:
-    return op in ATTENTION_OPS or _PLUGIN_OPS.get(op, False)
-
-
-def register_op_name(name: str, attention: bool) -> None:
-    _PLUGIN_OPS[name] = attention
-
-
-class SpecError(ValueError):
-    """An architecture spec that cannot be built; the message names the field."""
+    from metanet.plugin_manager import registry
+    table = registry().registry["operators"]
+    return op in table and table[op].attention
 
 
 def stage_key(index: int, field: str) -> str:

@@ -1,11 +1,25 @@
-"""timm registration of metanet's models: ``metanet`` (any spec through ``arch=``) and every preset.
+"""Everything metanet does with timm, in one module: registration, pretrained configs, loading exports.
 
-Kept apart from the model so that registering imports nothing but timm's registry and the preset
-specs; the model module is imported when a model is built.
+* ``metanet`` (any spec through ``arch=``) and every preset are registered as timm model names as
+  soon as both metanet and timm are imported, in either order (an import hook; ``import metanet``
+  itself imports neither torch nor timm, so the CLI answers fast and ``metanet.kernels`` loads on a
+  machine with torch and Triton alone);
+* :func:`export_pretrained_cfg` is the pretrained config an export writes, and :func:`load_snippet`
+  the line that loads it with ``timm.create_model``.
+
+Registering imports nothing but timm's registry and the preset specs; the model module is imported
+when a model is built.
 """
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import math
+import sys
+from pathlib import Path
+
+# Training and export normalise images to [-1, 1]: mean and std 0.5 per channel.
+EXPORT_MEAN = EXPORT_STD = (0.5, 0.5, 0.5)
 
 def checkpoint_filter_fn(state_dict: dict, model) -> dict:
     """Adapt a checkpoint to ``model``: relative-position tables trained at another resolution are resized."""
@@ -70,3 +84,54 @@ def register_timm_models() -> None:
         registry._model_default_cfgs.setdefault(name, cfg)
         registry._model_has_pretrained.discard(name)
 
+
+
+# -- registering as soon as timm is imported ---------------------------------------------------------
+
+def _register_if_usable() -> None:
+    try:
+        register_timm_models()
+    except ImportError:  # timm unusable here (a kernels-only machine): nothing to register with
+        pass
+
+
+class _AfterTimmImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "timm":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("timm")
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module):
+            exec_module(module)
+            _register_if_usable()
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
+def install_timm_hook() -> None:
+    """Make ``timm.create_model('metanet', ...)`` and the presets work in this process, whenever timm loads."""
+    if sys.modules.get("timm") is not None:
+        _register_if_usable()
+    elif not any(isinstance(f, _AfterTimmImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterTimmImport())
+
+
+# -- exports ------------------------------------------------------------------------------------------
+
+def export_pretrained_cfg(num_classes: int, resolution: int) -> dict:
+    """The timm pretrained config of an exported backbone."""
+    return {"architecture": "metanet", "num_classes": num_classes, "input_size": [3, resolution, resolution],
+            "crop_pct": 0.875, "interpolation": "bicubic", "mean": list(EXPORT_MEAN), "std": list(EXPORT_STD),
+            "first_conv": "stem.conv", "classifier": "classifier"}
+
+
+def load_snippet(out_dir: Path) -> str:
+    """The one line that loads an export folder with timm."""
+    d = Path(out_dir).resolve()
+    return (f"import metanet, timm; model = timm.create_model('metanet', arch={str(d / 'arch.json')!r}, "
+            f"pretrained=True, pretrained_cfg_overlay=dict(file={str(d / 'model.safetensors')!r}, num_classes=0))")

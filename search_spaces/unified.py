@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import Any
 
 from metanet.budget import format_flops
+from metanet.errors import ConfigError, UnknownName
 
 from .estimate import estimate, head_cost, stage_cost
 from .spec import (ATTENTION_OPS, CONV_OPS, DSMS, NUM_STAGES, STAGE_FIELDS, ArchSpec,
@@ -69,7 +70,7 @@ class SpaceConfig:
             spec = try_spec(sample)
             if spec is not None:
                 return spec
-        raise RuntimeError(f"space '{self.name}': no valid architecture in {max_tries} draws")
+        raise ConfigError(f"space '{self.name}': no valid architecture in {max_tries} draws", param="space")
 
     def flops_range(self, resolution: int = 224, num_classes: int = 1000) -> tuple[int, int]:
         """Exact smallest and largest FLOPs of a valid architecture of this space."""
@@ -79,9 +80,19 @@ class SpaceConfig:
         """Number of valid architectures (the constraints applied), counted exactly."""
         return _valid_size(self)
 
+    def describe(self, resolution: int = 224) -> dict[str, Any]:
+        """The choices per stage, the size and the FLOP range (``metanet space show``)."""
+        from .spec import STRIDES
+        choices = self.choices()
+        lo, hi = self.flops_range(resolution)
+        return {"space": self.name, "global": {k: choices[k] for k in ("stem_width", "head_dim")},
+                "stages": [{"stride": STRIDES[i], **{f: choices[stage_key(i, f)] for f in STAGE_FIELDS}}
+                           for i in range(NUM_STAGES)],
+                "size": self.valid_size(), "size_unconstrained": self.raw_size(), "resolution": resolution,
+                "flops_min": lo, "flops_max": hi}
+
 
 DEFAULT_SPACE = SpaceConfig()
-SPACES = {"unified": DEFAULT_SPACE}
 
 
 def try_spec(sample: dict[str, Any]) -> ArchSpec | None:
@@ -112,9 +123,12 @@ def repair_sample(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 def get_space(name: str) -> SpaceConfig:
-    if name not in SPACES:
-        raise KeyError(f"unknown search space {name!r} (known: {', '.join(SPACES)})")
-    return SPACES[name]
+    """A registered search space (built-in ``unified`` or a plugin's), from the process-wide registry."""
+    from metanet.plugin_manager import registry
+    try:
+        return registry().space(name)
+    except UnknownName as exc:
+        raise UnknownName(str(exc), param="space") from None
 
 
 def _stage_valid(op, dsm, width, cin, head_dim) -> bool:
@@ -202,9 +216,9 @@ def _check_reachable(space, budget, band, resolution, num_classes):
     lo_b, hi_b = band[0] * budget, band[1] * budget
     s_lo, s_hi = space.flops_range(resolution, num_classes)
     if hi_b < s_lo or lo_b > s_hi:
-        raise ValueError(f"budget {format_flops(budget)} (band {format_flops(lo_b)}-{format_flops(hi_b)}) is outside "
+        raise ConfigError(f"budget {format_flops(budget)} (band {format_flops(lo_b)}-{format_flops(hi_b)}) is outside "
                          f"what space '{space.name}' reaches at {resolution}px: {format_flops(s_lo)} to "
-                         f"{format_flops(s_hi)} FLOPs")
+                         f"{format_flops(s_hi)} FLOPs", param="flops")
     return lo_b, hi_b
 
 
@@ -268,9 +282,9 @@ def sample_within_budget(space: SpaceConfig, budget: float, rng: random.Random, 
         used += max(steps, 1)
         if d == 0:
             return spec
-    raise ValueError(f"no architecture of space '{space.name}' found in band {format_flops(lo_b)}-{format_flops(hi_b)} "
-                     f"after {max_steps} steps; widen the band")
+    raise ConfigError(f"no architecture of space '{space.name}' found in band {format_flops(lo_b)}-{format_flops(hi_b)} "
+                      f"after {max_steps} steps; widen the band", param="band")
 
 
-__all__ = ["SpaceConfig", "DEFAULT_SPACE", "SPACES", "get_space", "sample_within_budget", "project_to_budget",
+__all__ = ["SpaceConfig", "DEFAULT_SPACE", "get_space", "sample_within_budget", "project_to_budget",
            "repair_sample", "try_spec"]

@@ -26,6 +26,18 @@ def _nni_log_to_real_stderr():
             logging.getLogger("nni").setLevel(logging.ERROR)
 
 
+@pytest.fixture(autouse=True)
+def fresh_registry(monkeypatch):
+    # The registry is built once per process; a test that installs or names a plugin must not
+    # leak it into the next one, so every test starts from a fresh build.
+    from metanet.plugin_manager import reset_registry
+    monkeypatch.delenv("METANET_PLUGINS", raising=False)
+    monkeypatch.delenv("METANET_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    reset_registry()
+    yield
+    reset_registry()
+
+
 @pytest.fixture
 def rng():
     return random.Random(1234)

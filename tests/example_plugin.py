@@ -22,14 +22,26 @@ class DWConv5(nn.Module):
         return self.shortcut(x) + self.pw(torch.relu(self.bn(self.dw(x))))
 
 
+def dwconv5_cost(cin, cout, stride, expand, head_dim, hw_in, hw_out, grid):
+    """The block's MACs under metanet's convention (biases free, batch norm 2 per element)."""
+    flops = cin * 25 * hw_out + 2 * cin * hw_out + cin * cout * hw_out
+    params = cin * 25 + cin + 2 * cin + cin * cout + cout
+    if cin != cout or stride != 1:
+        flops += cin * cout * hw_out
+        params += cin * cout + cout
+    return flops, params
+
+
 @hookimpl
 def metanet_register_operators(register):
-    register("dwconv5", DWConv5)
+    register("dwconv5", DWConv5)  # no formula: the estimator counts a built block
+    register("dwconv5f", DWConv5, cost=dwconv5_cost)
 
 
 @hookimpl
 def metanet_register_search_spaces(register):
-    register("tiny-dw", SpaceConfig(name="tiny-dw", op=(("dwconv5", "mbconv"),) * 6))
+    # only operators with a formula: the space's exact FLOP range is a DP over thousands of shapes
+    register("tiny-dw", SpaceConfig(name="tiny-dw", op=(("dwconv5f", "mbconv"),) * 6))
 
 
 @hookimpl

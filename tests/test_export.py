@@ -10,17 +10,17 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 import metanet  # noqa: F401  (registers the timm models)
-from metanet import plugin_manager
 from metanet.cli import cli
 from metanet.export import ExportError, export_run
-from metanet.search import SearchConfig, run_search, weights_path
+from metanet.run_dir import RunDir
+from metanet.search import run_search
+from metanet.search_config import SearchConfig
 from metanet.search_spaces.metanet import MetaNet
 from metanet.search_spaces.spec import ArchSpec
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    plugin_manager._default = None
     out = tmp_path_factory.mktemp("search") / "run"
     cfg = SearchConfig.from_dict({"out": str(out), "trials": 2, "flops": [300_000_000], "proxy_resolution": 16,
                                   "stages": ["zero-cost", "amateur"], "settings": {"amateur": {"max_steps": 3}}})
@@ -31,7 +31,7 @@ def run(tmp_path_factory):
 def _search_model(run_dir, trial):
     """The model as the search trained it: the spec built at the proxy size with the kept weights."""
     model = MetaNet(ArchSpec.from_dict(trial["spec"]), num_classes=0, img_size=16).eval()
-    model.load_state_dict(load_file(str(weights_path(run_dir, trial["id"]))))
+    model.load_state_dict(load_file(str(RunDir(run_dir).weights_path(trial["id"]))))
     return model
 
 
@@ -100,7 +100,6 @@ def test_presets_are_timm_models():
 
 
 def test_untrained_trials_are_exported_with_a_loud_note(tmp_path):
-    plugin_manager._default = None
     out = tmp_path / "zc"
     run_search(SearchConfig.from_dict({"out": str(out), "trials": 1, "flops": [300_000_000], "proxy_resolution": 16,
                                        "stages": ["zero-cost"]}), progress=False, echo=lambda m: None)
@@ -137,7 +136,7 @@ def test_corrupt_weights_and_spec_are_named(run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
     best = export_run(copy, tmp_path / "ok").trial
-    weights_path(copy, best["id"]).write_bytes(b"garbage")
+    RunDir(copy).weights_path(best["id"]).write_bytes(b"garbage")
     with pytest.raises(ExportError, match=f"trial_{best['id']}.safetensors: corrupt weights file"):
         export_run(copy, tmp_path / "x", trial=best["id"])
     db = sqlite3.connect(copy / "trials.sqlite")

@@ -8,24 +8,14 @@ from click.testing import CliRunner
 
 import example_plugin
 from conftest import tiny_spec_dict
-from metanet import hookspecs, plugin_manager
+from metanet import hookspecs
 from metanet.cli import cli
 from metanet.data import load_digits_bundle
-from metanet.plugin_manager import DEFAULT_PLUGINS, PluginError, PluginManager
-from metanet.search_spaces import operators, spec as spec_module, unified
+from metanet.errors import PluginError, UnknownName
+from metanet.plugin_manager import DEFAULT_PLUGINS, PluginManager
+from metanet.search_spaces import unified
 from metanet.search_spaces.spec import ArchSpec
 from metanet.stages import evaluate_candidate
-
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch):
-    # Plugins register operators and spaces process-wide: give each test its own tables.
-    monkeypatch.setattr(operators, "PLUGIN_OPERATORS", {})
-    monkeypatch.setattr(spec_module, "_PLUGIN_OPS", {})
-    monkeypatch.setattr(unified, "SPACES", dict(unified.SPACES))
-    monkeypatch.setattr(plugin_manager, "_default", None)
-    monkeypatch.delenv("METANET_PLUGINS", raising=False)
-    monkeypatch.delenv("METANET_DISABLE_PLUGIN_AUTOLOAD", raising=False)
 
 
 @pytest.fixture
@@ -45,8 +35,9 @@ def test_builtins_register_like_external_plugins():
     names = [p.name for p in pm.plugins()]
     assert names[: len(DEFAULT_PLUGINS)] == list(DEFAULT_PLUGINS)
     assert set(pm.registry["stages"]) >= {"zero-cost", "amateur", "expert", "generalist", "downstream"}
-    assert pm.get("stages", "amateur").plugin == "metanet.plugins.amateur"
-    with pytest.raises(KeyError, match="unknown stage 'nope'"):
+    assert pm.get("stages", "amateur").plugin == "metanet.plugins.stages"
+    assert pm.get("operators", "xca").plugin == "metanet.plugins.operators" and pm.operator("xca").attention
+    with pytest.raises(UnknownName, match="unknown stage 'nope'"):
         pm.get("stages", "nope")
 
 
@@ -68,19 +59,20 @@ def test_external_plugin_found_through_its_entry_point(installed, digits):
     assert type(model.stages[2][0]).__name__ == "DWConv5"
     assert estimate(spec, 32, num_classes=10).flops == count_flops(model, 32).total
     sampled = unified.get_space("tiny-dw").random_spec(random.Random(0))
-    assert set(sampled.ops) <= {"dwconv5", "mbconv"}
+    assert set(sampled.ops) <= {"dwconv5f", "mbconv"}
 
     # its stage runs on a candidate, next to a built-in one
     result = evaluate_candidate(spec, ["zero-cost", "param-count"], digits, pm=pm,
                                 score_weights={"param-count.millions": 1.0})
-    assert result.status == "finished"
+    assert result.status == "ok"
     built = MetaNet(spec, num_classes=0, img_size=digits.resolution)
     assert result.score == pytest.approx(sum(p.numel() for p in built.parameters()) / 1e6)
 
 
 def test_a_plugin_exporter_writes_its_format(installed, tmp_path):
     from metanet.export import export_run
-    from metanet.search import SearchConfig, run_search
+    from metanet.search import run_search
+    from metanet.search_config import SearchConfig
     out = tmp_path / "run"
     run_search(SearchConfig.from_dict({"out": str(out), "trials": 1, "flops": [300_000_000], "proxy_resolution": 16,
                                        "stages": ["zero-cost"]}), progress=False, echo=lambda m: None)
@@ -96,7 +88,8 @@ def test_plugins_command_lists_builtin_and_external(installed):
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     by_name = {p["name"]: p for p in data["plugins"]}
-    assert by_name["metanet.plugins.amateur"]["source"] == "built-in"
+    assert by_name["metanet.plugins.stages"]["source"] == "built-in"
+    assert data["registered"]["operators"]["mbconv"] == "metanet.plugins.operators"
     assert by_name["example"]["version"] == "0.1"
     assert data["registered"]["stages"]["param-count"] == "example"
     text = CliRunner().invoke(cli, ["plugins"]).output
@@ -175,7 +168,7 @@ def test_a_raising_stage_fails_the_trial_not_the_caller(tmp_path, monkeypatch, d
     assert "RuntimeError: boom in the stage" in failed.error["message"]
     assert "zero-cost.score" in failed.metrics  # what finished before is kept
     ok = evaluate_candidate(spec, ["zero-cost"], digits, pm=pm, trial={"id": 8})
-    assert ok.status == "finished"
+    assert ok.status == "ok"
     problems = pm.notify("metanet_search_finished", run={"trials": 2, "failed": 1, "best": {}, "out_dir": "x"})
     assert recorder_plugin.EVENTS == [("started", 7), ("failed", "raising_plugin", "explode"),
                                       ("started", 8), ("finished", ok.score), ("search", 2)]

@@ -10,17 +10,14 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from metanet import plugin_manager
 from metanet.cli import cli
-from metanet.search import SearchConfig, SearchError, load_run, run_search
+from metanet.errors import RunError
+from metanet.run_dir import RunDir
+from metanet.search import run_search
+from metanet.search_config import SearchConfig
 from metanet.store import TrialStore
 
 CHEAP = {"stages": ["zero-cost"], "proxy_resolution": 16, "trials": 3, "flops": [400_000_000]}
-
-
-@pytest.fixture(autouse=True)
-def fresh_plugins(monkeypatch):
-    monkeypatch.setattr(plugin_manager, "_default", None)
 
 
 def _search(tmp_path, **options):
@@ -160,7 +157,7 @@ def test_search_finished_hook_and_pareto_front(tmp_path, monkeypatch):
     summary, _ = _search(tmp_path, trials=1, plugins=["watch_plugin"])
     import watch_plugin
     assert watch_plugin.RUNS[0]["trials"] == 1 and watch_plugin.RUNS[0]["out_dir"] == str(summary.run_dir)
-    from metanet.search import pareto_front
+    from metanet.report import pareto_front
     pts = [(1, 0.5), (2, 0.4), (2, 0.7), (3, 0.6), (4, 0.9)]
     assert pareto_front(pts) == [0, 2, 4]
 
@@ -182,7 +179,7 @@ def test_config_file_and_flags(tmp_path):
     result = CliRunner().invoke(cli, ["search", "--config", str(tmp_path / "search.toml"), "--flops", "500M",
                                       "--json"])
     assert result.exit_code == 0, result.output
-    assert load_run(tmp_path / "run").flops == [500_000_000]  # the flag overrides the file
+    assert RunDir.open(tmp_path / "run").config.flops == [500_000_000]  # the flag overrides the file
     assert json.loads(result.stdout)["trials"] == 1
 
 
@@ -201,7 +198,7 @@ def test_search_errors_are_one_line(args, words):
 
 def test_existing_run_dir_is_not_overwritten(tmp_path):
     _search(tmp_path, trials=1)
-    with pytest.raises(SearchError, match="already holds a search"):
+    with pytest.raises(RunError, match="already holds a search"):
         _search(tmp_path, trials=1)
 
 

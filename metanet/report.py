@@ -1,0 +1,114 @@
+"""What a finished (or running) search reports: the per-budget table, the Pareto plot, the trial list."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .budget import format_flops
+from .run_dir import RunDir
+from .store import FAILED, OK
+
+
+@dataclass
+class SearchSummary:
+    run_dir: Path
+    best: dict[int, dict | None]
+    trials: int
+    failed: int
+    screened: dict[int, int]
+    table: str
+    plot: Path | None
+
+    def to_json(self) -> dict:
+        best = {str(b): (r and {"id": r["id"], "flops": r["flops"], "params": r["params"], "score": r["score"]})
+                for b, r in self.best.items()}
+        return {"run_dir": str(self.run_dir), "trials": self.trials, "failed": self.failed,
+                "screened": {str(k): v for k, v in self.screened.items()}, "best": best,
+                "plot": str(self.plot) if self.plot else None}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats (fewer or equal FLOPs and higher or equal score)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def summarize(run: RunDir, write: bool = True) -> SearchSummary:
+    """The per-budget table (and, with ``write``, summary.txt and the Pareto plot in the run)."""
+    store = run.store if write else run.read_store()
+    cfg = run.config
+    best = run.best(store)
+    counts = {b: run.counts(b, store) for b in cfg.flops}
+    lines = [f"{'budget':>8} {'trials':>6} {'failed':>6} {'screened':>8} {'best id':>7} {'FLOPs':>9} {'params':>8} "
+             f"{'score':>8}"]
+    for b in cfg.flops:
+        c, br = counts[b], best[b]
+        lines.append(f"{format_flops(b):>8} {c['trials']:>6} {c['failed']:>6} {c['screened']:>8} "
+                     + (f"{br['id']:>7} {format_flops(br['flops']):>9} {format_flops(br['params']):>8} "
+                        f"{br['score']:>8.4f}" if br else f"{'-':>7} {'-':>9} {'-':>8} {'-':>8}"))
+    table = "\n".join(lines)
+    ok = store.trials(status=OK)
+    plot = None
+    if write:
+        (run.path / run.SUMMARY).write_text(table + "\n")
+        plot = _plot(run, ok) if ok else None
+    return SearchSummary(run.path, best, sum(c["trials"] for c in counts.values()),
+                         sum(c["failed"] for c in counts.values()), {b: c["screened"] for b, c in counts.items()},
+                         table, plot)
+
+
+def results_rows(run: RunDir, top: int | None = None) -> list[dict]:
+    """The trials of a run for ``metanet results``: per budget, best first (never writes into the run)."""
+    keys = ("id", "budget", "status", "spec", "flops", "params", "score", "metrics", "error", "seconds", "seed")
+    return [{k: r[k] for k in keys} for r in run.by_budget(top, store=run.read_store())]
+
+
+def results_table(rows: list[dict]) -> str:
+    from .search_spaces.spec import ArchSpec, SpecError
+    lines = [f"{'id':>4} {'budget':>7} {'status':>7} {'FLOPs':>8} {'params':>8} {'score':>9}  layout / error"]
+    for r in rows:
+        score = f"{r['score']:.4f}" if r["score"] is not None else "-"
+        if r["status"] == FAILED:
+            detail = r["error"]
+        else:
+            try:
+                detail = ArchSpec.from_dict(r["spec"]).describe()
+            except SpecError as exc:  # e.g. an operator of a plugin that is not loaded now
+                detail = str(exc)
+        lines.append(f"{r['id']:>4} {format_flops(r['budget']):>7} {r['status']:>7} {format_flops(r['flops']):>8} "
+                     f"{format_flops(r['params']):>8} {score:>9}  {(detail or '')[:110]}")
+    return "\n".join(lines)
+
+
+def _plot(run: RunDir, ok: list[dict]) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = run.config
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for b in cfg.flops:
+        mine = [r for r in ok if r["budget"] == b]
+        ax.scatter([r["flops"] / 1e6 for r in mine], [r["score"] for r in mine], s=18, alpha=0.7,
+                   label=f"budget {format_flops(b)}")
+        ax.axvline(b / 1e6, color="grey", lw=0.6, ls=":")
+    pts = [(r["flops"], r["score"]) for r in ok]
+    front = [pts[i] for i in pareto_front(pts)]
+    ax.step([f / 1e6 for f, _ in front], [s for _, s in front], where="post", color="black", lw=1.2,
+            label="Pareto front")
+    ax.scatter([f / 1e6 for f, _ in front], [s for _, s in front], marker="*", s=90, color="black", zorder=3)
+    ax.set_xlabel(f"MFLOPs (MACs) at {cfg.resolution}px")
+    ax.set_ylabel("score")
+    ax.set_title(f"metanet search: {cfg.strategy}, stages {','.join(cfg.stages)}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = run.path / run.PLOT
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,241 @@
+"""The options of a search, normalised in one place for flags, config files and the Python API.
+
+Each field of :class:`SearchConfig` carries its parser, its help text and (where it has one) its
+command-line flag; :meth:`SearchConfig.from_dict` runs the same parsers whatever the source, so
+``band: "0.9,1.0"`` in a YAML file, ``--band 0.9,1.0`` and ``band=(0.9, 1.0)`` in Python give the same
+config, and every default is written once, here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
+
+from .budget import parse_budgets, parse_flops
+from .errors import ConfigError
+
+ENGINES = ("sequential", "ts")
+BUDGET_MODES = ("project", "screen")
+
+
+# -- parsers: (value, option name) -> normalised value, or ConfigError naming the option --------------
+
+def _text(value, name):
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name}: expected text, got {value!r}", param=name)
+    return value
+
+
+def _optional_text(value, name):
+    return None if value is None else _text(value, name)
+
+
+def _integer(minimum: int, maximum: float = math.inf) -> Callable:
+    def parse(value, name):
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise ConfigError(f"{name}: expected an integer, got {value!r}", param=name) from None
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}", param=name)
+        if not minimum <= value <= maximum:
+            bound = f"at least {minimum}" if maximum == math.inf else f"{minimum}-{maximum}"
+            raise ConfigError(f"{name}: expected {bound}, got {value}", param=name)
+        return int(value)
+    return parse
+
+
+def _number(value, name):
+    try:
+        out = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        out = math.nan
+    if not math.isfinite(out):
+        raise ConfigError(f"{name}: expected a finite number, got {value!r}", param=name)
+    return out
+
+
+def _choice(options: tuple[str, ...]) -> Callable:
+    def parse(value, name):
+        if value not in options:
+            raise ConfigError(f"{name}: expected one of {', '.join(options)}, got {value!r}", param=name)
+        return value
+    return parse
+
+
+def _names(value, name):
+    """``"a,b"`` or ``["a", "b"]`` -> ["a", "b"]; empty entries dropped."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{name}: expected a comma-separated list of names, got {value!r}", param=name)
+    return [v.strip() for v in value if v.strip()]
+
+
+def parse_stages(value, name="stages"):
+    out = _names(value, name)
+    if not out:
+        raise ConfigError(f"{name}: name at least one stage", param=name)
+    twice = sorted({s for s in out if out.count(s) > 1})
+    if twice:
+        raise ConfigError(f"{name}: stage {twice[0]!r} is listed twice", param=name)
+    return out
+
+
+def _flops(value, name):
+    try:
+        if isinstance(value, str):
+            return parse_budgets(value)
+        if isinstance(value, (list, tuple)) and value:
+            return sorted({parse_flops(v) for v in value})
+        return [parse_flops(value)]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {exc}", param=name) from None
+
+
+def parse_band(value, name="band") -> tuple[float, float]:
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        lo, hi = (float(v) for v in parts)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected LOW,HIGH fractions of the budget, e.g. 0.9,1.0; got {value!r}",
+                          param=name) from None
+    if not (0 < lo < hi <= 1):
+        raise ConfigError(f"{name}: need 0 < LOW < HIGH <= 1, got {value!r}", param=name)
+    return lo, hi
+
+
+def _score(value, name):
+    from .stages import parse_score
+    return parse_score(value)
+
+
+def _mapping(value, name):
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected a mapping, got {value!r}", param=name)
+    return dict(value)
+
+
+def _settings(value, name):
+    out = {}
+    for stage, values in _mapping(value, name).items():
+        out[stage] = _mapping(values, f"{name}.{stage}")
+    return out
+
+
+def parse_sets(items) -> dict[str, dict[str, Any]]:
+    """``["amateur.max_steps=5", ...]`` -> ``{"amateur": {"max_steps": 5}}``; values read as JSON when they parse."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        stage, dot, name = key.partition(".")
+        if not eq or not dot or not stage or not name:
+            raise ConfigError(f"expected STAGE.SETTING=VALUE, got {item!r}", param="set")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(stage, {})[name] = value
+    return out
+
+
+def merge_settings(base: dict[str, dict], extra: dict[str, dict]) -> dict[str, dict]:
+    merged = {stage: dict(values) for stage, values in base.items()}
+    for stage, values in extra.items():
+        merged[stage] = {**merged.get(stage, {}), **values}
+    return merged
+
+
+def option(default, parse: Callable, help: str = "", flag: str | None = None, **click_args):
+    """A config field: its default, its parser, and how the command line offers it."""
+    factory = (lambda: type(default)(default)) if isinstance(default, (list, dict)) else None
+    meta = {"parse": parse, "help": help, "flag": flag, "click": click_args}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class SearchConfig:
+    space: str = option("unified", _text, "Search space.", "--space")
+    flops: list[int] = option([300_000_000], _flops, "FLOP budget(s), e.g. 600M or 300M,600M,1.2G.", "--flops")
+    band: tuple[float, float] = option((0.9, 1.0), parse_band, "Accepted FLOPs as LOW,HIGH fractions of the budget.",
+                                       "--band")
+    budget_mode: str = option("project", _choice(BUDGET_MODES),
+                              "project: map proposals into the band; screen: drop those outside.", "--budget-mode",
+                              type="choice:" + ",".join(BUDGET_MODES))
+    strategy: str = option("random", _text, "random, evolution, tpe, ppo or a plugin's.", "--strategy")
+    strategy_options: dict[str, Any] = option({}, _mapping, "Keyword arguments for the strategy factory.")
+    trials: int = option(6, _integer(1), "Trials per budget.", "--trials", type="int>=1")
+    stages: list[str] = option(["zero-cost", "amateur", "downstream"], parse_stages, "Stage plugins in order.", "--stages")
+    settings: dict[str, dict[str, Any]] = option({}, _settings, "Stage settings, {stage: {key: value}}.")
+    score: dict[str, float] | None = option(None, _score, "Score as weighted metrics, e.g. downstream.acc=1 "
+                                            "(default: the last scoring stage's metric).", "--score")
+    data: str = option("digits", _text, "digits, or a folder with upstream/ and downstream/.", "--data")
+    proxy_resolution: int = option(32, _integer(8), "Image size the stages train at.", "--proxy-resolution",
+                                   type="int>=8")
+    resolution: int = option(224, _integer(16), "Deployment resolution at which FLOPs are counted.", "--resolution",
+                             type="int>=16")
+    seed: int = option(0, _integer(-2**63), "Random seed.", "--seed", type="int")
+    out: str | None = option(None, _optional_text, "Run directory (default: runs/search-<time>).", "--out")
+    engine: str = option("sequential", _choice(ENGINES),
+                         "sequential: in-process; ts: NNI training service, trials as processes.", "--engine",
+                         type="choice:" + ",".join(ENGINES))
+    concurrency: int = option(1, _integer(1), "Parallel trials (ts engine).", "--concurrency", type="int>=1")
+    port: int = option(8080, _integer(1, 65535), "NNI web UI port (ts engine).", "--port", type="port")
+    training_service: str = option("local", _text, "local, or a YAML/JSON file listing remote machines "
+                                   "(NNI remote over SSH).", "--training-service")
+    invalid_score: float = option(-1.0, _number, "Reported to the strategy for failed trials.")
+    plugins: list[str] = option([], _names, "Plugin modules to load (as -p).")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "SearchConfig":
+        """Parse and validate ``data`` (from flags, a config file or Python); errors name the option."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of options")
+        known = {f.name: f for f in fields(cls)}
+        values = {}
+        for key, value in data.items():
+            name = key.replace("-", "_") if isinstance(key, str) else key
+            if name not in known:
+                raise ConfigError(f"{source}: unknown option {key!r} (options: {', '.join(sorted(known))})")
+            try:
+                values[name] = known[name].metadata["parse"](value, name)
+            except ConfigError as exc:
+                # a failed command (exit 1) whichever source the value came from
+                where = f"{source}: " if source not in ("options", "config") else ""
+                raise ConfigError(f"{where}{exc}") from None
+        return cls(**values)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return asdict(cls())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML or TOML file holding the same options as the command-line flags."""
+    from .files import load_structured
+    data = load_structured(path, "config", ConfigError)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of options")
+    return data
+
+
+def format_default(value: Any) -> str:
+    """A default as a user writes it on the command line: ``300M``, ``0.9,1.0``, ``zero-cost,amateur``."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(format_default(v) for v in value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1_000_000:
+        from .budget import format_flops
+        return format_flops(value)
+    return str(value)

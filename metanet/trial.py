@@ -1,0 +1,77 @@
+"""One trial: evaluate an architecture with the stage plugins and write it to the run's store.
+
+This is what NNI runs for every frozen model, in the search process (sequential engine) or in a
+trial process of a training service; everything it needs travels as JSON-serialisable settings.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .store import FAILED, OK, spec_key
+
+_data_cache: dict[tuple, Any] = {}
+
+
+def trial_settings(cfg, run_dir: Path, budget: int) -> dict[str, Any]:
+    """What a trial needs, JSON-serialisable so NNI can ship it to a trial process."""
+    return {"run_dir": str(run_dir), "budget": budget, "stages": cfg.stages, "settings": cfg.settings,
+            "score": cfg.score, "data": cfg.data, "proxy_resolution": cfg.proxy_resolution,
+            "resolution": cfg.resolution, "seed": cfg.seed, "plugins": cfg.plugins,
+            "invalid_score": cfg.invalid_score,
+            # trial processes share the cores: oversubscribed OpenMP threads spin and crawl
+            "threads": max(1, (os.cpu_count() or 1) // cfg.concurrency) if cfg.engine == "ts" else None}
+
+
+def evaluate_spec(spec, s: dict[str, Any]) -> tuple[float, dict]:
+    """Evaluate one architecture and write it to the store; returns (score to report, row)."""
+    from .data import load_data
+    from .plugin_manager import registry
+    from .run_dir import RunDir
+    from .search_spaces.estimate import estimate
+    from .stages import evaluate_candidate
+
+    run = RunDir(s["run_dir"])
+    store = run.store
+    spec_dict = spec.to_dict()
+    seen = store.lookup(s["budget"], spec_key(spec_dict))
+    if seen is not None:  # the same architecture again (another proposal projected onto it)
+        store.bump(s["budget"], "duplicates")
+        return (seen["score"] if seen["status"] == OK else s["invalid_score"]), seen
+    est = estimate(spec, s["resolution"])
+    trial_id = store.start(s["budget"], spec_dict, est.flops, est.params, s["seed"])
+    start = time.perf_counter()
+    result = None
+    try:
+        pm = registry(s["plugins"])
+        key = (s["data"], s["proxy_resolution"], s["seed"])
+        if key not in _data_cache:
+            _data_cache[key] = load_data(pm, s["data"], s["proxy_resolution"], s["seed"])
+        result = evaluate_candidate(spec, s["stages"], _data_cache[key], config=s["settings"], pm=pm,
+                                    score_weights=s["score"], seed=s["seed"],
+                                    trial={"id": trial_id, "budget": s["budget"]})
+        status, metrics, score, error = result.status, result.metrics, result.score, None
+        if result.error:
+            error = f"stage {result.error['stage']} (plugin {result.error['plugin']}): {result.error['message']}"
+        if status == OK and (score is None or not math.isfinite(score)):
+            status, error = FAILED, f"score is {score}"
+    except Exception as exc:  # data or plugin trouble outside the stages: this trial fails, the search goes on
+        status, metrics, score, error = FAILED, {}, None, f"{type(exc).__name__}: {exc}"
+    store.finish(trial_id, status, metrics, score if status == OK else None, error, time.perf_counter() - start)
+    if status == OK and result.backbone_stage:
+        run.keep_weights(s["budget"], trial_id, result.backbone_weights, result.backbone_stage, s["proxy_resolution"])
+    row = {"id": trial_id, "status": status, "score": score}
+    return (score if status == OK else s["invalid_score"]), row
+
+
+def nni_trial(model, settings: dict[str, Any]) -> None:
+    """The function NNI's FunctionalEvaluator calls with each frozen model (in-process or in a trial process)."""
+    import nni
+    if settings.get("threads"):
+        import torch
+        torch.set_num_threads(settings["threads"])
+    score, _ = evaluate_spec(model.spec, settings)
+    nni.report_final_result(float(score))

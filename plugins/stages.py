@@ -1,0 +1,34 @@
+"""Built-in plugin: INTERN's evaluation stages and a zero-cost proxy, registered as a plugin's are.
+
+Each stage is one registration: its runner (a module of this package, imported when the stage
+first runs), its settings with their defaults (written here once; users override them with
+``--set stage.key=value``) and its capabilities: whether it leaves a trained backbone, and which
+metric scores a candidate when it is the last scoring stage.
+"""
+from metanet.hookspecs import hookimpl
+
+ZERO_COST = {"proxy": "naswot", "batch_size": 32, "source": None}
+AMATEUR = {"epochs": 3, "max_steps": 40, "batch_size": 64, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05,
+           "sources": None, "contrastive_weight": 0.5, "temperature": 0.2, "projection_dim": 64}
+EXPERT = {"epochs": 2, "max_steps": 20, "batch_size": 64, "lr": 5e-4, "optimizer": "adamw", "weight_decay": 0.05,
+          "sources": None}
+GENERALIST = {"epochs": 2, "max_steps": 30, "batch_size": 64, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.05,
+              "temperature": 2.0, "label_weight": 1.0, "logit_weight": 1.0, "feature_weight": 1.0}
+DOWNSTREAM = {"fraction": 0.1, "epochs": 100, "batch_size": 64, "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-3,
+              "optimizer": "sgd", "tasks": None, "backbone": "generalist,amateur",
+              "finetune_steps": 0, "finetune_lr": 1e-3,
+              "from_scratch": False, "scratch_epochs": 10, "scratch_max_steps": 60, "scratch_lr": 2e-3}
+
+
+@hookimpl
+def metanet_register_stages(register):
+    register("zero-cost", "metanet.plugins.zero_cost:run", defaults=ZERO_COST, score_metric="score",
+             description="training-free score at init (naswot or grad_norm)")
+    register("amateur", "metanet.plugins.amateur:run", defaults=AMATEUR, trains_backbone=True,
+             description="multi-source pre-training: one head per label source + contrastive views")
+    register("expert", "metanet.plugins.expert:run", defaults=EXPERT,
+             description="one expert per source, fine-tuned from the amateur weights")
+    register("generalist", "metanet.plugins.generalist:run", defaults=GENERALIST, trains_backbone=True,
+             description="multi-teacher distillation of the experts (logits + features) into one model")
+    register("downstream", "metanet.plugins.downstream:run", defaults=DOWNSTREAM,
+             description="frozen backbone + linear probe on 10% of each held-out task's labels (GV-B)")
