@@ -66,7 +66,7 @@ num_classes_option = click.option("--num-classes", type=click.IntRange(min=0), d
                                   help="Classifier size included in the figures.")
 set_option = click.option("--set", "sets", multiple=True, metavar="STAGE.KEY=VALUE", help="Override a stage setting.")
 
-_CLICK_TYPES = {"int": int, "int>=1": click.IntRange(min=1), "int>=8": click.IntRange(min=8),
+_CLICK_TYPES = {"int": int, "float": float, "int>=1": click.IntRange(min=1), "int>=8": click.IntRange(min=8),
                 "int>=16": click.IntRange(min=16), "port": click.IntRange(1, 65535)}
 
 
@@ -321,11 +321,14 @@ def search_cmd(ctx, sets, config_file, resume_dir, as_json, **flags):
 @json_option
 def results_cmd(run_dir, top, as_json):
     """The trials of a search run, best per budget first."""
-    from .report import results_rows, results_table
+    from .report import operator_mix_table, results_rows, results_table
     from .run_dir import RunDir
     _registry()
     rows = results_rows(RunDir.open(run_dir), top)
-    click.echo(json.dumps(rows, indent=2) if as_json else results_table(rows))
+    if as_json:
+        return click.echo(json.dumps(rows, indent=2))
+    click.echo(results_table(rows))
+    click.echo(operator_mix_table(rows))
 
 
 @cli.command("export")

@@ -1,21 +1,67 @@
-"""The NNI side of a search: the strategy with its middlewares, the budget filter, the experiment.
+"""The NNI side of a search: the strategy with its middlewares, the budget screen, the experiment.
 
-For each budget one NNI experiment runs the registered strategy over the space. In ``project``
-mode each proposal is mapped to the architecture a seeded walk reaches inside the FLOP band; in
-``screen`` mode proposals outside the band are dropped by NNI's ``Filter`` middleware. Either way
-nothing outside the band is built or trained, and the run counts what was screened.
+For each budget one NNI experiment runs the registered strategy over the budget-centred space
+(:mod:`metanet.search_spaces.budget_space`). In ``screen`` mode (the default) a proposal outside the
+FLOP band is never built: :class:`BudgetScreen` scores it from the estimator in microseconds with a
+penalty that grows with its distance from the band, so the strategy learns where the band is; in
+``soft`` mode proposals are trained and rewarded MnasNet-style (proposals beyond half or twice the
+budget are still screened). Only the opt-in ``project`` mode rewrites proposals, by a walk over the
+absolute space, and every trial records how many choices the walk changed.
 """
 from __future__ import annotations
 
 import logging
+import math
+import warnings
 
 from .budget import format_flops
 from .quiet import quiet
 from .store import TrialStore
 
 
+SOFT_LIMITS = (0.5, 2.0)  # soft mode: proposals outside these multiples of the budget are still screened
+
+
+def budget_screen(space, budget: int, cfg, store: TrialStore):
+    """NNI middleware: proposals outside the band are scored, counted and never submitted."""
+    with quiet():
+        from nni.nas.strategy.middleware import Filter
+
+    limits = SOFT_LIMITS if cfg.budget_mode == "soft" else None
+
+    class BudgetScreen(Filter):
+        def __init__(self):
+            super().__init__(self.admit, patience=100000, retain_history=False)
+            self._penalty: dict[int, float | None] = {}
+
+        def penalty(self, model) -> float | None:
+            """None for a proposal to train; else ``invalid_score - distance`` (ln of the ratio to the band)."""
+            flops = space.flops(space.decode(model.sample))
+            if limits is not None:
+                lo, hi = limits[0] * budget, limits[1] * budget
+                distance = math.log(lo / flops) if flops < lo else math.log(flops / hi) if flops > hi else 0.0
+            else:
+                distance = space.distance(flops)
+            return cfg.invalid_score - distance if distance > 0 else None
+
+        def admit(self, model) -> bool:
+            return self._penalty[id(model)] is None
+
+        def submit_models(self, *models) -> None:
+            for model in models:
+                self._penalty[id(model)] = penalty = self.penalty(model)
+                store.bump(budget, "proposals")
+                if penalty is not None:
+                    store.bump(budget, "screened")
+                self.metric_for_invalid = penalty  # what Filter reports for this model, if it filters it
+                super().submit_models(model)
+                self._penalty.pop(id(model))
+
+    return BudgetScreen()
+
+
 def budget_filter(cfg_space, budget: int, cfg, store: TrialStore):
-    """NNI ``Filter`` function: True when the proposal is (or projects to) an in-band architecture."""
+    """Project mode's NNI ``Filter`` function: True when the proposal projects to an in-band architecture."""
     from .search_spaces.estimate import estimate
     from .search_spaces.nni_space import project
     from .search_spaces.spec import ArchSpec, SpecError
@@ -56,19 +102,26 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
         from nni.nas.experiment import NasExperiment, NasExperimentConfig
         from nni.nas.strategy.middleware import Chain, Deduplication, Filter
 
-        from .search_spaces.nni_space import UnifiedSpace
+        from .search_spaces.nni_space import BudgetModelSpace, UnifiedSpace
+    from .search_spaces.budget_space import budget_space
     from .plugin_manager import registry
     from .trial import nni_trial
 
     logging.getLogger("nni").setLevel(logging.ERROR)
     registered = registry(cfg.plugins).strategy(cfg.strategy)
     strategy = registered.create(seed=cfg.seed + budget % 9973 + 7919 * seed_offset, **cfg.strategy_options)
-    strategy = Chain(strategy, Deduplication("replay"),
-                     Filter(budget_filter(space, budget, cfg, store), metric_for_invalid=cfg.invalid_score,
-                            patience=100000, retain_history=False))
-    model_space = UnifiedSpace(space, num_classes=0, img_size=cfg.proxy_resolution, budget=budget, band=cfg.band,
-                               resolution=cfg.resolution, budget_mode=cfg.budget_mode, seed=cfg.seed,
-                               constrained=registered.constraints)
+    if cfg.budget_mode == "project":
+        screen = Filter(budget_filter(space, budget, cfg, store), metric_for_invalid=cfg.invalid_score,
+                        patience=100000, retain_history=False)
+        model_space = UnifiedSpace(space, num_classes=0, img_size=cfg.proxy_resolution, budget=budget, band=cfg.band,
+                                   resolution=cfg.resolution, budget_mode="project", seed=cfg.seed,
+                                   constrained=registered.constraints)
+    else:
+        bspace = budget_space(space, budget, cfg.band, cfg.resolution)
+        screen = budget_screen(bspace, budget, cfg, store)
+        model_space = BudgetModelSpace(bspace, num_classes=0, img_size=cfg.proxy_resolution)
+    warm_start(strategy, store, budget)
+    strategy = Chain(strategy, Deduplication("replay"), screen)
     evaluator = FunctionalEvaluator(nni_trial, settings=settings)
     if cfg.engine == "sequential":
         config = NasExperimentConfig("sequential", "simplified")
@@ -79,7 +132,36 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
         echo(f"NNI web UI: http://localhost:{cfg.port} (budget {format_flops(budget)})")
     config.max_trial_number = trials
     exp = NasExperiment(model_space, evaluator, strategy, config=config)
-    if cfg.engine == "sequential":
-        exp.run()
-    else:
-        exp.run(port=cfg.port)
+    with warnings.catch_warnings():
+        # screened proposals are counted in the store, not kept in NNI's history
+        warnings.filterwarnings("ignore", message="Filter middleware currently does not list models")
+        if cfg.engine == "sequential":
+            exp.run()
+        else:
+            exp.run(port=cfg.port)
+
+
+def warm_start(strategy, store: TrialStore, budget: int) -> str:
+    """Give a new strategy the progress the store holds (a resumed run, or a later attempt of this one).
+
+    Regularized evolution gets its population back (the latest finished trials, as NNI's aging
+    population holds them) and never re-proposes a stored architecture; random search needs no
+    state (its seed moves on); TPE and PPO start from their prior: NNI keeps no state for them
+    that could be rebuilt from the store. Returns which of these happened.
+    """
+    from .store import OK
+    with quiet():
+        from nni.nas.strategy import RegularizedEvolution
+        from nni.nas.strategy.evolution import Individual
+        from nni.nas.strategy.utils import _to_hashable
+    rows = [r for r in store.trials(budget) if r.get("proposal")]
+    if not rows or not isinstance(strategy, RegularizedEvolution):
+        return "none" if rows else "fresh"
+    finished = [r for r in rows if r["status"] == OK and r["reward"] is not None]
+    state = strategy.state_dict()
+    state["population"] = [Individual(r["proposal"], r["reward"]) for r in finished[-strategy.population_size:]]
+    state["individual_counter"] = len(rows)
+    if "dedup_history" in state:
+        state["dedup_history"] = [_to_hashable(r["proposal"]) for r in rows]
+    strategy.load_state_dict(state)
+    return "population"

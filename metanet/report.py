@@ -65,7 +65,8 @@ def summarize(run: RunDir, write: bool = True) -> SearchSummary:
 
 def results_rows(run: RunDir, top: int | None = None) -> list[dict]:
     """The trials of a run for ``metanet results``: per budget, best first (never writes into the run)."""
-    keys = ("id", "budget", "status", "spec", "flops", "params", "score", "metrics", "error", "seconds", "seed")
+    keys = ("id", "budget", "status", "spec", "flops", "params", "score", "metrics", "error", "seconds", "seed",
+            "proposal", "rewritten", "reward")
     return [{k: r[k] for k in keys} for r in run.by_budget(top, store=run.read_store())]
 
 
@@ -83,6 +84,33 @@ def results_table(rows: list[dict]) -> str:
                 detail = str(exc)
         lines.append(f"{r['id']:>4} {format_flops(r['budget']):>7} {r['status']:>7} {format_flops(r['flops']):>8} "
                      f"{format_flops(r['params']):>8} {score:>9}  {(detail or '')[:110]}")
+    return "\n".join(lines)
+
+
+def operator_mix(rows: list[dict]) -> dict[int, dict[str, dict[str, float]]]:
+    """Per budget and stage, the share of each operator among the finished trials' architectures."""
+    from .search_spaces.spec import NUM_STAGES, stage_key
+    out: dict[int, dict[str, dict[str, float]]] = {}
+    for budget in sorted({r["budget"] for r in rows}):
+        done = [r for r in rows if r["budget"] == budget and r["status"] == OK]
+        if not done:
+            continue
+        per_stage = {}
+        for i in range(NUM_STAGES):
+            ops = [r["spec"][stage_key(i, "op")] for r in done]
+            per_stage[f"s{i}"] = {op: ops.count(op) / len(ops) for op in sorted(set(ops))}
+        out[budget] = per_stage
+    return out
+
+
+def operator_mix_table(rows: list[dict]) -> str:
+    lines = []
+    for budget, stages in operator_mix(rows).items():
+        n = sum(r["budget"] == budget and r["status"] == OK for r in rows)
+        lines.append(f"operators evaluated under {format_flops(budget)} ({n} finished trials):")
+        for stage, mix in stages.items():
+            lines.append(f"  {stage}: " + ", ".join(f"{op} {share:.0%}" for op, share in
+                                                     sorted(mix.items(), key=lambda kv: -kv[1])))
     return "\n".join(lines)
 
 

@@ -112,10 +112,14 @@ class RunDir:
         return out
 
     def best(self, store: TrialStore | None = None) -> dict[int, dict | None]:
-        """The best finished trial of each budget (None where none finished)."""
+        """The best finished trial of each budget inside its FLOP band (None where none finished).
+
+        Only the soft constraint trains proposals outside the band; they never count as best.
+        """
+        lo, hi = self.config.band
         out = {}
         for b in self.config.flops:
-            ranked = self.ranked(b, status=OK, store=store)
+            ranked = [r for r in self.ranked(b, status=OK, store=store) if lo * b <= r["flops"] <= hi * b]
             out[b] = ranked[0] if ranked else None
         return out
 
@@ -123,4 +127,4 @@ class RunDir:
         store = store or self.store
         rows = store.trials(budget)
         return {"trials": len(rows), "failed": sum(r["status"] == FAILED for r in rows),
-                "screened": store.counter(budget, "screened")}
+                "screened": store.counter(budget, "screened"), "proposals": store.counter(budget, "proposals")}

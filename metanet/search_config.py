@@ -18,7 +18,7 @@ from .budget import parse_budgets, parse_flops
 from .errors import ConfigError
 
 ENGINES = ("sequential", "ts")
-BUDGET_MODES = ("project", "screen")
+BUDGET_MODES = ("screen", "soft", "project")
 
 
 # -- parsers: (value, option name) -> normalised value, or ConfigError naming the option --------------
@@ -165,9 +165,13 @@ class SearchConfig:
     flops: list[int] = option([300_000_000], _flops, "FLOP budget(s), e.g. 600M or 300M,600M,1.2G.", "--flops")
     band: tuple[float, float] = option((0.9, 1.0), parse_band, "Accepted FLOPs as LOW,HIGH fractions of the budget.",
                                        "--band")
-    budget_mode: str = option("project", _choice(BUDGET_MODES),
-                              "project: map proposals into the band; screen: drop those outside.", "--budget-mode",
-                              type="choice:" + ",".join(BUDGET_MODES))
+    budget_mode: str = option("screen", _choice(BUDGET_MODES),
+                              "screen: proposals outside the band are never trained, the strategy gets a penalty "
+                              "growing with their distance; soft: MnasNet reward score*(flops/budget)^w; project: "
+                              "REWRITE proposals into the band by a walk (the strategy no longer controls what is "
+                              "evaluated).", "--budget-mode", type="choice:" + ",".join(BUDGET_MODES))
+    soft_weight: float = option(-0.07, _number, "The exponent w of the soft constraint (MnasNet: -0.07).",
+                                "--soft-weight", type="float")
     strategy: str = option("random", _text, "random, evolution, tpe, ppo or a plugin's.", "--strategy")
     strategy_options: dict[str, Any] = option({}, _mapping, "Keyword arguments for the strategy factory.")
     trials: int = option(6, _integer(1), "Trials per budget.", "--trials", type="int>=1")

@@ -27,7 +27,10 @@ CREATE TABLE IF NOT EXISTS trials (
     error TEXT,
     seconds REAL,
     seed INTEGER,
-    started REAL, ended REAL
+    started REAL, ended REAL,
+    proposal TEXT,                     -- what the strategy proposed (its choices), JSON
+    rewritten INTEGER,                 -- choices of the evaluated spec that differ from the proposal
+    reward REAL                        -- what the strategy received (the score, or the soft-constraint reward)
 );
 CREATE INDEX IF NOT EXISTS trials_budget ON trials (budget, status);
 CREATE TABLE IF NOT EXISTS counters (budget INTEGER, name TEXT, value INTEGER, PRIMARY KEY (budget, name));
@@ -52,6 +55,10 @@ class TrialStore:
         if create:
             with self._connect() as db:
                 db.executescript(SCHEMA)
+                have = {row["name"] for row in db.execute("PRAGMA table_info(trials)")}
+                for column, kind in (("proposal", "TEXT"), ("rewritten", "INTEGER"), ("reward", "REAL")):
+                    if column not in have:  # a run written before these columns existed
+                        db.execute(f"ALTER TABLE trials ADD COLUMN {column} {kind}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -63,18 +70,21 @@ class TrialStore:
         finally:
             db.close()
 
-    def start(self, budget: int, spec: dict, flops: int, params: int, seed: int) -> int:
+    def start(self, budget: int, spec: dict, flops: int, params: int, seed: int, proposal: dict | None = None,
+              rewritten: int | None = None) -> int:
         with self._connect() as db:
-            cur = db.execute("INSERT INTO trials (budget, status, spec, spec_key, flops, params, seed, started) "
-                             "VALUES (?, 'running', ?, ?, ?, ?, ?, ?)",
-                             (budget, json.dumps(spec), spec_key(spec), flops, params, seed, time.time()))
+            cur = db.execute("INSERT INTO trials (budget, status, spec, spec_key, flops, params, seed, started, "
+                             "proposal, rewritten) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (budget, json.dumps(spec), spec_key(spec), flops, params, seed, time.time(),
+                              json.dumps(proposal) if proposal is not None else None, rewritten))
             return int(cur.lastrowid)
 
     def finish(self, trial_id: int, status: str, metrics: dict, score: float | None, error: str | None,
-               seconds: float) -> None:
+               seconds: float, reward: float | None = None) -> None:
         with self._connect() as db:
-            db.execute("UPDATE trials SET status=?, metrics=?, score=?, error=?, seconds=?, ended=? WHERE id=?",
-                       (status, json.dumps(metrics), score, error, seconds, time.time(), trial_id))
+            db.execute("UPDATE trials SET status=?, metrics=?, score=?, error=?, seconds=?, ended=?, reward=? "
+                       "WHERE id=?", (status, json.dumps(metrics), score, error, seconds, time.time(), reward,
+                                      trial_id))
 
     def bump(self, budget: int, name: str, by: int = 1) -> None:
         with self._connect() as db:
@@ -99,13 +109,14 @@ class TrialStore:
             d = dict(r)
             d["spec"] = json.loads(d["spec"])
             d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
+            d["proposal"] = json.loads(d["proposal"]) if d.get("proposal") else None
             out.append(d)
         return out
 
     def lookup(self, budget: int, key: str) -> dict[str, Any] | None:
         """A finished trial of the same architecture under the same budget, if any."""
         with self._connect() as db:
-            row = db.execute("SELECT id, status, score FROM trials WHERE budget=? AND spec_key=? "
+            row = db.execute("SELECT id, status, score, reward FROM trials WHERE budget=? AND spec_key=? "
                              "AND status IN ('ok', 'failed') ORDER BY id LIMIT 1", (budget, key)).fetchone()
         return dict(row) if row else None
 

@@ -21,13 +21,31 @@ def trial_settings(cfg, run_dir: Path, budget: int) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "budget": budget, "stages": cfg.stages, "settings": cfg.settings,
             "score": cfg.score, "data": cfg.data, "proxy_resolution": cfg.proxy_resolution,
             "resolution": cfg.resolution, "seed": cfg.seed, "plugins": cfg.plugins,
-            "invalid_score": cfg.invalid_score,
+            "invalid_score": cfg.invalid_score, "budget_mode": cfg.budget_mode, "soft_weight": cfg.soft_weight,
             # trial processes share the cores: oversubscribed OpenMP threads spin and crawl
             "threads": max(1, (os.cpu_count() or 1) // cfg.concurrency) if cfg.engine == "ts" else None}
 
 
-def evaluate_spec(spec, s: dict[str, Any]) -> tuple[float, dict]:
-    """Evaluate one architecture and write it to the store; returns (score to report, row)."""
+def soft_reward(score: float, flops: float, budget: float, weight: float) -> float:
+    """MnasNet's soft constraint: ``score * (flops / budget) ** weight`` (for a positive score)."""
+    return score * (flops / budget) ** weight
+
+
+def rewritten_count(proposed: dict[str, Any] | None, evaluated: dict[str, Any]) -> int | None:
+    """How many choices of the evaluated spec differ from the architecture the proposal stands for."""
+    if proposed is None:
+        return None
+    return sum(proposed.get(k) != v for k, v in evaluated.items())
+
+
+def evaluate_spec(spec, s: dict[str, Any], proposal: dict | None = None,
+                  proposed_spec: dict | None = None) -> tuple[float, dict]:
+    """Evaluate one architecture and write it to the store; returns (reward for the strategy, row).
+
+    ``proposal`` is what the strategy proposed (its own choices) and ``proposed_spec`` the
+    architecture that proposal stands for before anything else touched it; both are stored, with
+    the number of choices in which the evaluated spec differs (0 unless the walk rewrote it).
+    """
     from .data import load_data
     from .plugin_manager import registry
     from .run_dir import RunDir
@@ -40,9 +58,11 @@ def evaluate_spec(spec, s: dict[str, Any]) -> tuple[float, dict]:
     seen = store.lookup(s["budget"], spec_key(spec_dict))
     if seen is not None:  # the same architecture again (another proposal projected onto it)
         store.bump(s["budget"], "duplicates")
-        return (seen["score"] if seen["status"] == OK else s["invalid_score"]), seen
+        replay = seen["reward"] if seen["reward"] is not None else seen["score"]
+        return (replay if seen["status"] == OK else s["invalid_score"]), seen
     est = estimate(spec, s["resolution"])
-    trial_id = store.start(s["budget"], spec_dict, est.flops, est.params, s["seed"])
+    trial_id = store.start(s["budget"], spec_dict, est.flops, est.params, s["seed"], proposal,
+                           rewritten_count(proposed_spec, spec.to_sample()))
     start = time.perf_counter()
     result = None
     try:
@@ -60,11 +80,16 @@ def evaluate_spec(spec, s: dict[str, Any]) -> tuple[float, dict]:
             status, error = FAILED, f"score is {score}"
     except Exception as exc:  # data or plugin trouble outside the stages: this trial fails, the search goes on
         status, metrics, score, error = FAILED, {}, None, f"{type(exc).__name__}: {exc}"
-    store.finish(trial_id, status, metrics, score if status == OK else None, error, time.perf_counter() - start)
+    reward = None
+    if status == OK:
+        reward = soft_reward(score, est.flops, s["budget"], s["soft_weight"]) if s.get("budget_mode") == "soft" \
+            else score
+    store.finish(trial_id, status, metrics, score if status == OK else None, error, time.perf_counter() - start,
+                 reward)
     if status == OK and result.backbone_stage:
         run.keep_weights(s["budget"], trial_id, result.backbone_weights, result.backbone_stage, s["proxy_resolution"])
-    row = {"id": trial_id, "status": status, "score": score}
-    return (score if status == OK else s["invalid_score"]), row
+    row = {"id": trial_id, "status": status, "score": score, "reward": reward}
+    return (reward if status == OK else s["invalid_score"]), row
 
 
 def nni_trial(model, settings: dict[str, Any]) -> None:
@@ -73,5 +98,6 @@ def nni_trial(model, settings: dict[str, Any]) -> None:
     if settings.get("threads"):
         import torch
         torch.set_num_threads(settings["threads"])
-    score, _ = evaluate_spec(model.spec, settings)
-    nni.report_final_result(float(score))
+    reward, _ = evaluate_spec(model.spec, settings, getattr(model, "proposal", None),
+                              getattr(model, "proposed_spec", None))
+    nni.report_final_result(float(reward))

@@ -1,4 +1,6 @@
 """Built-in plugin: NNI 3.0 search strategies (random, regularized evolution, TPE, PPO)."""
+import time
+
 from metanet.hookspecs import hookimpl
 from metanet.quiet import quiet
 
@@ -18,8 +20,36 @@ def _evolution(seed=None, population_size=8, sample_size=4, mutation_prob=0.1, *
 
 def _tpe(seed=None, **options):
     with quiet():
+        import nni
         from nni.nas.strategy import TPE
-    return TPE(**options)
+
+    class BusyTPE(TPE):
+        """NNI's TPE, less the one-second sleep NNI's HPO strategies take after every proposal.
+
+        With screening, most proposals never reach a worker, so that sleep made a 100-trial search
+        last many minutes of idling; here the loop waits only while no worker is free.
+        """
+
+        def _run(self) -> None:
+            space = {label: mutable.as_legacy_dict() for label, mutable in self.model_space.simplify().items()}
+            with self._thread_lock:
+                self.tuner.update_search_space(space)
+            while self.engine.budget_available():
+                if not self.engine.idle_worker_available():
+                    time.sleep(0.05)
+                    continue
+                with self._thread_lock:
+                    try:
+                        param = self.tuner.generate_parameters(self._model_count)
+                    except nni.NoMoreTrialError:
+                        break
+                    model = self.model_space.freeze(param)
+                    self._model_to_id[model] = self._model_count
+                    self._model_count += 1
+                self.engine.submit_models(model)
+
+    # NNI's TPE tuner minimises unless told otherwise; metanet's scores are maximised.
+    return BusyTPE(optimize_mode="maximize", seed=seed, **options)
 
 
 def _ppo(seed=None, samples_per_update=4, **options):
@@ -32,6 +62,11 @@ def _ppo(seed=None, samples_per_update=4, **options):
                            "(pip install --no-deps gym==0.26.2 tianshou==0.4.11; see README)") from None
     with quiet():
         from nni.nas.strategy import PolicyBasedRL
+    if seed is not None:  # the policy network and tianshou's sampling draw from torch's and numpy's generators
+        import numpy as np
+        import torch
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
     return PolicyBasedRL(samples_per_update=samples_per_update, **options)
 
 

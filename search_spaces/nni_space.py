@@ -17,6 +17,7 @@ with quiet():
     from nni.mutable.exception import ConstraintViolation, SampleValidationError
     from nni.nas.nn.pytorch import ModelSpace
 
+from .budget_space import BudgetSpace
 from .metanet import MetaNet
 from .spec import ArchSpec, SpecError
 from .unified import DEFAULT_SPACE, SpaceConfig, project_to_budget, repair_sample
@@ -54,10 +55,10 @@ class ArchConstraint(Constraint):
 class UnifiedSpace(ModelSpace):
     """NNI model space over INTERN's unified conv + transformer skeleton.
 
-    With a ``budget`` in ``"project"`` mode, a sample is mapped to the architecture its seeded walk
-    reaches inside the FLOP band (:func:`project_to_budget`), so every proposal of a strategy becomes
-    an in-budget model; proposals the walk cannot bring into the band are screened out before they
-    are built (see :func:`budget_filter`).
+    With a ``budget`` in the opt-in ``"project"`` mode, a sample is REWRITTEN into the architecture a
+    seeded walk reaches inside the FLOP band (:func:`project_to_budget`): the strategy no longer
+    controls what is evaluated, and every trial records how many choices the walk changed. The
+    default search uses :class:`BudgetModelSpace` instead, where nothing is rewritten.
     """
 
     def __init__(self, config: SpaceConfig = DEFAULT_SPACE, num_classes: int = 1000, img_size: int = 224,
@@ -79,15 +80,53 @@ class UnifiedSpace(ModelSpace):
                             seed: int = 0, constrained: bool = True) -> MetaNet:
         # Inside NNI's frozen model context the space is never built: the plain model is.
         spec = resolve_spec(sample, config, budget, band, resolution, budget_mode, seed)
-        return MetaNet(spec, num_classes=num_classes, img_size=img_size)
+        proposed = {k: sample[k] for k in spec.to_sample() if k in sample}
+        return _with_proposal(MetaNet(spec, num_classes=num_classes, img_size=img_size), sample, proposed)
 
     def freeze(self, sample: dict[str, Any]) -> MetaNet:
         self.validate(sample)
         spec = resolve_spec(sample, self.config, *self.budget_args)
-        return MetaNet(spec, num_classes=self.num_classes, img_size=self.img_size)
+        proposed = {k: sample[k] for k in spec.to_sample() if k in sample}
+        return _with_proposal(MetaNet(spec, num_classes=self.num_classes, img_size=self.img_size), sample, proposed)
 
     def forward(self, x):  # pragma: no cover - a space is not a model
         raise RuntimeError("UnifiedSpace is a search space; freeze a sample to get a model")
+
+
+def _with_proposal(model: MetaNet, sample: dict[str, Any], proposed: dict[str, Any]) -> MetaNet:
+    """Attach what the strategy proposed, and the architecture that proposal stands for, to the built model."""
+    model.proposal = {k: v for k, v in sample.items() if k != CONSTRAINT_LABEL}
+    model.proposed_spec = proposed
+    return model
+
+
+class BudgetModelSpace(ModelSpace):
+    """NNI model space over the relative choices of one budget (:mod:`metanet.search_spaces.budget_space`).
+
+    Every sample decodes into exactly one buildable architecture; nothing rewrites it. Whether it
+    lies in the FLOP band is the search's business (screened proposals are never built).
+    """
+
+    def __init__(self, space: BudgetSpace, num_classes: int = 1000, img_size: int = 224):
+        super().__init__()
+        self.space = space
+        self.num_classes = num_classes
+        self.img_size = img_size
+        for label, values in space.choices().items():
+            self.add_mutable(nni.choice(label, values))
+
+    @classmethod
+    def create_fixed_module(cls, sample: dict[str, Any], space: BudgetSpace, num_classes: int = 1000,
+                            img_size: int = 224) -> MetaNet:
+        spec = space.decode(sample)
+        return _with_proposal(MetaNet(spec, num_classes=num_classes, img_size=img_size), sample, spec.to_sample())
+
+    def freeze(self, sample: dict[str, Any]) -> MetaNet:
+        self.validate(sample)
+        return self.create_fixed_module(sample, self.space, self.num_classes, self.img_size)
+
+    def forward(self, x):  # pragma: no cover - a space is not a model
+        raise RuntimeError("BudgetModelSpace is a search space; freeze a sample to get a model")
 
 
 _projected: dict[tuple, ArchSpec | None] = {}
@@ -110,4 +149,4 @@ def project(spec: ArchSpec, config: SpaceConfig, budget, band, resolution, seed)
     return _projected[key]
 
 
-__all__ = ["UnifiedSpace", "ArchConstraint", "resolve_spec", "project"]
+__all__ = ["UnifiedSpace", "BudgetModelSpace", "ArchConstraint", "resolve_spec", "project"]

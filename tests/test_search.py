@@ -26,18 +26,111 @@ def _search(tmp_path, **options):
 
 
 @pytest.mark.parametrize("strategy", ["random", "evolution", "tpe", "ppo"])
-def test_each_strategy_respects_the_budget_band(tmp_path, strategy):
+def test_each_strategy_evaluates_what_it_proposed_inside_the_band(tmp_path, strategy):
+    from metanet.search_spaces.budget_space import budget_space
+    from metanet.search_spaces.unified import DEFAULT_SPACE
     summary, store = _search(tmp_path, strategy=strategy)
     rows = store.trials()
     assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
-    assert all(0.9 * 400e6 <= r["flops"] <= 400e6 for r in rows)
+    space = budget_space(DEFAULT_SPACE, 400_000_000)
+    for r in rows:  # faithful: the evaluated spec is the one the proposal decodes to, nothing rewritten
+        assert r["rewritten"] == 0 and space.decode(r["proposal"]).to_dict() == r["spec"]
+        assert 0.9 * 400e6 <= r["flops"] <= 400e6
     assert summary.best[400_000_000]["score"] == max(r["score"] for r in rows)
+    # every proposal was trained, screened, or decoded to an architecture already evaluated (replayed)
+    assert store.counter(400_000_000, "proposals") == \
+        len(rows) + summary.screened[400_000_000] + store.counter(400_000_000, "duplicates")
 
 
-def test_screen_mode_drops_out_of_band_proposals(tmp_path):
-    summary, store = _search(tmp_path, flops=[20_000_000_000], budget_mode="screen", band=(0.5, 1.0), trials=2)
-    assert all(10e9 <= r["flops"] <= 20e9 for r in store.trials())
-    assert summary.screened[20_000_000_000] > 0  # uniform proposals mostly miss a band: counted, never built
+def test_recounted_flops_of_evaluated_trials_lie_in_the_band(tmp_path):
+    from metanet.counter import count_flops
+    from metanet.search_spaces.metanet import MetaNet
+    _, store = _search(tmp_path, flops=[1_200_000_000], trials=2)
+    for r in store.trials():
+        counted = count_flops(MetaNet(r["spec"], num_classes=1000), 224).total
+        assert 0.9 * 1.2e9 * 0.99 <= counted <= 1.2e9 * 1.01  # the counter agrees with the estimator within 1%
+
+
+RECORDER = textwrap.dedent('''
+    from metanet import hookimpl
+    RECEIVED = []
+
+    def _recording_random(seed=None, **options):
+        from nni.nas.execution.event import ModelEventType
+        from nni.nas.strategy import Random
+
+        class Recording(Random):
+            def _initialize(self, model_space, engine):
+                engine.register_model_event_callback(ModelEventType.FinalMetric,
+                                                     lambda event: RECEIVED.append((event.model.sample, event.metric)))
+                return super()._initialize(model_space, engine)
+        return Recording(seed=seed, **options)
+
+    @hookimpl
+    def metanet_register_strategies(register):
+        register("recording-random", _recording_random)
+''')
+
+
+def test_screened_proposals_reach_the_strategy_with_a_distance_penalty(tmp_path, monkeypatch):
+    from metanet.search_spaces.budget_space import budget_space
+    from metanet.search_spaces.unified import DEFAULT_SPACE
+    (tmp_path / "recorder_strategy.py").write_text(RECORDER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    summary, store = _search(tmp_path, strategy="recording-random", plugins=["recorder_strategy"], trials=2,
+                             flops=[600_000_000])
+    import recorder_strategy
+    space = budget_space(DEFAULT_SPACE, 600_000_000)
+    scores = {json.dumps(r["proposal"], sort_keys=True): r["score"] for r in store.trials()}
+    screened = 0
+    for sample, metric in recorder_strategy.RECEIVED:
+        flops = space.flops(space.decode(sample))
+        if json.dumps(sample, sort_keys=True) in scores:
+            assert metric == scores[json.dumps(sample, sort_keys=True)]
+        else:  # never trained: the penalty is the invalid score minus the log-distance from the band
+            screened += 1
+            assert metric == pytest.approx(-1.0 - space.distance(flops)) and space.distance(flops) > 0
+    assert screened == summary.screened[600_000_000] > 0
+
+
+def test_the_penalty_grows_with_the_distance_from_the_band():
+    from metanet.search_spaces.budget_space import budget_space
+    from metanet.search_spaces.unified import DEFAULT_SPACE
+    space = budget_space(DEFAULT_SPACE, 600_000_000)
+    assert space.distance(0.95 * 600e6) == 0
+    assert 0 < space.distance(0.8 * 600e6) < space.distance(0.5 * 600e6)
+    assert 0 < space.distance(1.1 * 600e6) < space.distance(2 * 600e6)
+
+
+def test_soft_constraint_reward(tmp_path):
+    from metanet.trial import soft_reward
+    assert soft_reward(0.8, 1.2e9, 1e9, -0.07) == pytest.approx(0.8 * 1.2 ** -0.07)
+    _, store = _search(tmp_path, budget_mode="soft", soft_weight=-0.5, trials=2)
+    for r in store.trials():
+        assert r["reward"] == pytest.approx(r["score"] * (r["flops"] / 400e6) ** -0.5)
+        assert 0.5 * 400e6 <= r["flops"] <= 2 * 400e6  # trained in soft mode, screened beyond these limits
+
+
+@pytest.mark.parametrize("strategy", ["random", "evolution", "tpe"])
+def test_a_seed_reproduces_the_same_trials(tmp_path, strategy):
+    runs = []
+    for name in ("a", "b"):
+        cfg = SearchConfig.from_dict({**CHEAP, "strategy": strategy, "seed": 7, "out": str(tmp_path / name)})
+        run_search(cfg, progress=False, echo=lambda m: None)
+        runs.append([(r["proposal"], r["spec"]) for r in TrialStore(tmp_path / name / "trials.sqlite").trials()])
+    assert runs[0] == runs[1]
+
+
+def test_evolution_resumes_with_its_population(tmp_path):
+    from nni.nas.strategy import RegularizedEvolution
+    from metanet.nni_experiment import warm_start
+    _, store = _search(tmp_path, strategy="evolution", trials=3)
+    strategy = RegularizedEvolution(population_size=8, sample_size=4)
+    assert warm_start(strategy, store, 400_000_000) == "population"
+    population = strategy.state_dict()["population"]
+    assert [(p.x, p.y) for p in population] == [(r["proposal"], r["reward"]) for r in store.trials()]
+    from nni.nas.strategy import Random
+    assert warm_start(Random(), store, 400_000_000) == "none"
 
 
 FLAKY = textwrap.dedent('''
