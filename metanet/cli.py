@@ -118,11 +118,17 @@ def space():
 @space.command("show")
 @space_option
 @resolution_option
+@click.option("--flops", "budget", callback=_budget, default=None,
+              help="Show the budget-centred space a search samples under this budget instead.")
+@click.option("--band", callback=_band, default="0.9,1.0", show_default=True,
+              help="Accepted FLOPs as LOW,HIGH fractions of the budget.")
 @json_option
-def space_show(space_name, resolution, as_json):
-    """The choices per stage, the size of the space and its FLOP range."""
+def space_show(space_name, resolution, budget, band, as_json):
+    """The choices per stage, the size of the space and its FLOP range (or, with --flops, a budget's space)."""
     from .search_spaces.unified import get_space
     _registry()
+    if budget is not None:
+        return _show_budget_space(get_space(space_name), budget, band, resolution, as_json)
     data = get_space(space_name).describe(resolution)
     if as_json:
         return _emit_json(data)
@@ -133,6 +139,23 @@ def space_show(space_name, resolution, as_json):
         click.echo(f"      depth {st['depth']}  width {st['width']}  expand {st['expand']}  dsm {st['dsm']}")
     click.echo(f"size: {data['size']:.4g} valid architectures ({data['size_unconstrained']:.4g} before constraints)")
     click.echo(f"FLOPs at {resolution}px: {format_flops(data['flops_min'])} to {format_flops(data['flops_max'])}")
+
+
+def _show_budget_space(sp, budget, band, resolution, as_json):
+    from .search_spaces.budget_space import budget_space
+    bs = budget_space(sp, budget, band, resolution)
+    data = {**bs.describe(), **bs.in_band_share(2000)}
+    if as_json:
+        return _emit_json(data)
+    click.echo(f"space '{bs.name}' at {resolution}px, band {format_flops(bs.lo)}-{format_flops(bs.hi)}: "
+               f"stem {bs.stem_width}, head_dim {bs.head_dim}")
+    for i, bases in enumerate(data["bases"]):
+        click.echo(f"  s{i}: " + ", ".join(f"{k} x{v['depth']} w{v['width']}" for k, v in bases.items()
+                                           if k in bs.choices()[f"s{i}_op_dsm"]))
+        click.echo(f"      width x{bs.choices()[f's{i}_width_mult']}  depth {bs.choices()[f's{i}_depth_delta']}  "
+                   f"expand {bs.choices()[f's{i}_expand']}")
+    click.echo(f"not offered (cannot fit the band): {', '.join(f'{k}={v}' for k, v in bs.pruned) or 'none'}")
+    click.echo(f"uniform proposals in the band: {data['in_band']:.1%} of {data['proposals']}")
 
 
 @space.command("sample")

@@ -16,10 +16,23 @@ import warnings
 
 from .budget import format_flops
 from .quiet import quiet
-from .store import TrialStore
+from .store import OK, TrialStore
 
 
 SOFT_LIMITS = (0.5, 2.0)  # soft mode: proposals outside these multiples of the budget are still screened
+
+
+def screen_penalty(distance: float, rewards: list[float], invalid_score: float) -> float:
+    """The reward of a screened proposal at ``distance`` (ln of its FLOPs' ratio to the band's edge).
+
+    Just below the worst trained reward, minus the distance in units of the rewards' spread, so a
+    strategy sees a slope toward the band on the scale of its own rewards (naswot scores in the
+    hundreds, accuracies in [0, 1]); before any trial finished, ``invalid_score - distance``.
+    """
+    if not rewards:
+        return invalid_score - distance
+    spread = (max(rewards) - min(rewards)) or abs(min(rewards)) or 1.0
+    return min(rewards) - spread * (0.1 + distance)
 
 
 def budget_screen(space, budget: int, cfg, store: TrialStore):
@@ -35,14 +48,17 @@ def budget_screen(space, budget: int, cfg, store: TrialStore):
             self._penalty: dict[int, float | None] = {}
 
         def penalty(self, model) -> float | None:
-            """None for a proposal to train; else ``invalid_score - distance`` (ln of the ratio to the band)."""
+            """None for a proposal to train; else a reward below every trained one, lower the farther it is."""
             flops = space.flops(space.decode(model.sample))
             if limits is not None:
                 lo, hi = limits[0] * budget, limits[1] * budget
                 distance = math.log(lo / flops) if flops < lo else math.log(flops / hi) if flops > hi else 0.0
             else:
                 distance = space.distance(flops)
-            return cfg.invalid_score - distance if distance > 0 else None
+            if distance == 0:
+                return None
+            return screen_penalty(distance, [r["reward"] for r in store.trials(budget, status=OK)
+                                             if r["reward"] is not None], cfg.invalid_score)
 
         def admit(self, model) -> bool:
             return self._penalty[id(model)] is None

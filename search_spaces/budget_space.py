@@ -211,8 +211,10 @@ def _fit_stage(config, i, op, dsm, target, depth_ref, width_ref, cin, head_dim, 
         return None
     best, best_key, miss = None, math.inf, math.inf
     top = max(q, 3 * width_ref) // q  # widths q, 2q, ... top*q; the stage cost grows with the width
-    depth_hi = max(MIN_BASE_DEPTH, 2 * depth_ref)
-    depths = sorted({int(round(MIN_BASE_DEPTH * (depth_hi / MIN_BASE_DEPTH) ** (k / 11))) for k in range(12)})
+    # Stage 0 holds ~2% of the FLOPs: it keeps the reference depth, so that the width does not shrink to 8.
+    low = 1 if i == 0 else MIN_BASE_DEPTH
+    depth_hi = max(low, 2 * depth_ref)
+    depths = sorted({int(round(low * (depth_hi / low) ** (k / 11))) for k in range(12)})
 
     def cost(depth, k):
         return stage_cost(i, StageSpec(op, depth, k * q, e, dsm), cin, head_dim, grids, grids).flops
@@ -227,7 +229,7 @@ def _fit_stage(config, i, op, dsm, target, depth_ref, width_ref, cin, head_dim, 
                 hi = mid
         for k in {max(1, lo - 1), lo}:
             c = cost(depth, k)
-            key = abs(math.log(max(c, 1) / target)) + 0.15 * abs(math.log(depth / max(depth_ref, MIN_BASE_DEPTH))) \
+            key = abs(math.log(max(c, 1) / target)) + 0.15 * abs(math.log(depth / max(depth_ref, low))) \
                 + 0.05 * abs(math.log(k * q / width_ref))
             if key < best_key:
                 best, best_key, miss = (depth, k * q), key, abs(math.log(max(c, 1) / target))

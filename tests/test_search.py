@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from metanet.cli import cli
 from metanet.errors import RunError
+from metanet.nni_experiment import screen_penalty
 from metanet.run_dir import RunDir
 from metanet.search import run_search
 from metanet.search_config import SearchConfig
@@ -82,14 +83,17 @@ def test_screened_proposals_reach_the_strategy_with_a_distance_penalty(tmp_path,
     import recorder_strategy
     space = budget_space(DEFAULT_SPACE, 600_000_000)
     scores = {json.dumps(r["proposal"], sort_keys=True): r["score"] for r in store.trials()}
-    screened = 0
+    screened, seen = 0, []
     for sample, metric in recorder_strategy.RECEIVED:
         flops = space.flops(space.decode(sample))
         if json.dumps(sample, sort_keys=True) in scores:
             assert metric == scores[json.dumps(sample, sort_keys=True)]
-        else:  # never trained: the penalty is the invalid score minus the log-distance from the band
+            seen.append(metric)
+        else:  # never trained: below every reward trained so far, by the distance from the band
             screened += 1
-            assert metric == pytest.approx(-1.0 - space.distance(flops)) and space.distance(flops) > 0
+            assert space.distance(flops) > 0
+            assert metric == pytest.approx(screen_penalty(space.distance(flops), seen, -1.0))
+            assert metric < min(seen, default=-1.0)
     assert screened == summary.screened[600_000_000] > 0
 
 
@@ -100,6 +104,10 @@ def test_the_penalty_grows_with_the_distance_from_the_band():
     assert space.distance(0.95 * 600e6) == 0
     assert 0 < space.distance(0.8 * 600e6) < space.distance(0.5 * 600e6)
     assert 0 < space.distance(1.1 * 600e6) < space.distance(2 * 600e6)
+    # on the scale of the rewards: just below the worst, a spread lower per unit of distance
+    assert screen_penalty(0.5, [], -1.0) == -1.5
+    assert screen_penalty(0.5, [290.0, 300.0], -1.0) == pytest.approx(290.0 - 10.0 * 0.6)
+    assert screen_penalty(1.0, [0.5, 0.7], -1.0) < screen_penalty(0.2, [0.5, 0.7], -1.0) < 0.5
 
 
 def test_soft_constraint_reward(tmp_path):
