@@ -16,7 +16,7 @@ import warnings
 
 from .budget import format_flops
 from .quiet import quiet
-from .store import OK, TrialStore
+from .store import TrialStore
 
 
 SOFT_LIMITS = (0.5, 2.0)  # soft mode: proposals outside these multiples of the budget are still screened
@@ -46,6 +46,8 @@ def budget_screen(space, budget: int, cfg, store: TrialStore):
         def __init__(self):
             super().__init__(self.admit, patience=100000, retain_history=False)
             self._penalty: dict[int, float | None] = {}
+            self._rewards: list[float] | None = None  # the trained rewards, re-read after each trial
+            self._counts = {"proposals": 0, "screened": 0}  # written to the store once per trial
 
         def penalty(self, model) -> float | None:
             """None for a proposal to train; else a reward below every trained one, lower the farther it is."""
@@ -57,18 +59,28 @@ def budget_screen(space, budget: int, cfg, store: TrialStore):
                 distance = space.distance(flops)
             if distance == 0:
                 return None
-            return screen_penalty(distance, [r["reward"] for r in store.trials(budget, status=OK)
-                                             if r["reward"] is not None], cfg.invalid_score)
+            if self._rewards is None:
+                self._rewards = store.rewards(budget)
+            return screen_penalty(distance, self._rewards, cfg.invalid_score)
 
         def admit(self, model) -> bool:
             return self._penalty[id(model)] is None
 
+        def flush(self) -> None:
+            for name, n in self._counts.items():
+                if n:
+                    store.bump(budget, name, n)
+                    self._counts[name] = 0
+
         def submit_models(self, *models) -> None:
             for model in models:
                 self._penalty[id(model)] = penalty = self.penalty(model)
-                store.bump(budget, "proposals")
-                if penalty is not None:
-                    store.bump(budget, "screened")
+                self._counts["proposals"] += 1
+                if penalty is None:
+                    self.flush()
+                    self._rewards = None
+                else:
+                    self._counts["screened"] += 1
                 self.metric_for_invalid = penalty  # what Filter reports for this model, if it filters it
                 super().submit_models(model)
                 self._penalty.pop(id(model))
@@ -135,9 +147,9 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
     else:
         bspace = budget_space(space, budget, cfg.band, cfg.resolution)
         screen = budget_screen(bspace, budget, cfg, store)
-        model_space = BudgetModelSpace(bspace, num_classes=0, img_size=cfg.proxy_resolution)
+        model_space = BudgetModelSpace(bspace, num_classes=0, img_size=cfg.proxy_resolution, seed=cfg.seed)
     warm_start(strategy, store, budget)
-    strategy = Chain(strategy, Deduplication("replay"), screen)
+    chain = Chain(strategy, Deduplication("replay"), screen)
     evaluator = FunctionalEvaluator(nni_trial, settings=settings)
     if cfg.engine == "sequential":
         config = NasExperimentConfig("sequential", "simplified")
@@ -147,14 +159,18 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
         config.trial_gpu_number = 0
         echo(f"NNI web UI: http://localhost:{cfg.port} (budget {format_flops(budget)})")
     config.max_trial_number = trials
-    exp = NasExperiment(model_space, evaluator, strategy, config=config)
-    with warnings.catch_warnings():
-        # screened proposals are counted in the store, not kept in NNI's history
-        warnings.filterwarnings("ignore", message="Filter middleware currently does not list models")
-        if cfg.engine == "sequential":
-            exp.run()
-        else:
-            exp.run(port=cfg.port)
+    exp = NasExperiment(model_space, evaluator, chain, config=config)
+    try:
+        with warnings.catch_warnings():
+            # screened proposals are counted in the store, not kept in NNI's history
+            warnings.filterwarnings("ignore", message="Filter middleware currently does not list models")
+            if cfg.engine == "sequential":
+                exp.run()
+            else:
+                exp.run(port=cfg.port)
+    finally:
+        if hasattr(screen, "flush"):
+            screen.flush()
 
 
 def warm_start(strategy, store: TrialStore, budget: int) -> str:

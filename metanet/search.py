@@ -30,11 +30,20 @@ def check_config(cfg: SearchConfig):
     _lookup("strategy", pm.strategy, cfg.strategy)
     space = _lookup("space", get_space, cfg.space)
     check_stages(pm, cfg.stages, cfg.settings)
-    lo, hi = space.flops_range(cfg.resolution)
+    from .search_spaces.budget_space import budget_space
     for b in cfg.flops:
+        try:
+            if cfg.budget_mode != "project":  # derived now, cached for the experiments
+                budget_space(space, b, cfg.band, cfg.resolution)
+                continue
+        except ConfigError:
+            pass  # say why in terms of the space's range when that is the reason
+        lo, hi = space.flops_range(cfg.resolution)
         if b * cfg.band[1] < lo or b * cfg.band[0] > hi:
-            raise ConfigError(f"flops: budget {format_flops(b)} is outside what space '{space.name}' reaches at "
-                              f"{cfg.resolution}px: {format_flops(lo)} to {format_flops(hi)} FLOPs")
+            raise ConfigError(f"flops: budget {format_flops(b)} is outside what space '{space.name}' reaches "
+                              f"at {cfg.resolution}px: {format_flops(lo)} to {format_flops(hi)} FLOPs")
+        if cfg.budget_mode != "project":
+            budget_space(space, b, cfg.band, cfg.resolution)  # raises its own one-line error
     return space
 
 

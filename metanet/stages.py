@@ -145,8 +145,12 @@ def run_stage(pm: PluginManager, stage: Stage, ctx: StageContext) -> dict[str, f
 def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dict[str, dict] | None = None,
                        pm: PluginManager | None = None, score_weights: dict[str, float] | None = None,
                        seed: int = 0, device: str | torch.device | None = None,
-                       trial: dict[str, Any] | None = None) -> TrialResult:
-    """Run ``stages`` in order on ``spec``; never raises for a failing stage (the result says failed)."""
+                       trial: dict[str, Any] | None = None, model: nn.Module | None = None) -> TrialResult:
+    """Run ``stages`` in order on ``spec``; never raises for a failing stage (the result says failed).
+
+    ``model``: the backbone already built from ``spec`` (no classifier, at the data's resolution, just
+    after ``torch.manual_seed(seed)``), to save building it again.
+    """
     from metanet.search_spaces.metanet import MetaNet
 
     pm = pm or registry()
@@ -160,8 +164,10 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
         trial.setdefault("warnings", []).append(problem)
 
     start = time.perf_counter()
-    torch.manual_seed(seed)
-    model = MetaNet(spec, num_classes=0, img_size=data.resolution).to(device)
+    if model is None:
+        torch.manual_seed(seed)
+        model = MetaNet(spec, num_classes=0, img_size=data.resolution)
+    model = model.to(device)
     state: dict[str, dict] = {}
     metrics: dict[str, float] = {}
     current, backbone = None, None

@@ -54,6 +54,7 @@ class TrialStore:
             raise RunError(f"{os.path.dirname(self.path) or '.'}: no trial store ({os.path.basename(self.path)})")
         if create:
             with self._connect() as db:
+                db.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
                 db.executescript(SCHEMA)
                 have = {row["name"] for row in db.execute("PRAGMA table_info(trials)")}
                 for column, kind in (("proposal", "TEXT"), ("rewritten", "INTEGER"), ("reward", "REAL")):
@@ -64,6 +65,9 @@ class TrialStore:
     def _connect(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self.path, timeout=60)
         db.row_factory = sqlite3.Row
+        # WAL with synchronous=NORMAL: a commit survives the process being killed (what resume relies
+        # on) without an fsync per trial event; only a power cut may lose the last commits.
+        db.execute("PRAGMA synchronous=NORMAL")
         try:
             with db:  # one transaction, committed on exit
                 yield db
@@ -112,6 +116,13 @@ class TrialStore:
             d["proposal"] = json.loads(d["proposal"]) if d.get("proposal") else None
             out.append(d)
         return out
+
+    def rewards(self, budget: int) -> list[float]:
+        """What the strategy received for the finished trials of ``budget``."""
+        with self._connect() as db:
+            rows = db.execute("SELECT reward FROM trials WHERE budget=? AND status='ok' AND reward IS NOT NULL",
+                              (budget,)).fetchall()
+        return [float(r["reward"]) for r in rows]
 
     def lookup(self, budget: int, key: str) -> dict[str, Any] | None:
         """A finished trial of the same architecture under the same budget, if any."""

@@ -39,7 +39,7 @@ def rewritten_count(proposed: dict[str, Any] | None, evaluated: dict[str, Any]) 
 
 
 def evaluate_spec(spec, s: dict[str, Any], proposal: dict | None = None,
-                  proposed_spec: dict | None = None) -> tuple[float, dict]:
+                  proposed_spec: dict | None = None, model=None) -> tuple[float, dict]:
     """Evaluate one architecture and write it to the store; returns (reward for the strategy, row).
 
     ``proposal`` is what the strategy proposed (its own choices) and ``proposed_spec`` the
@@ -72,7 +72,7 @@ def evaluate_spec(spec, s: dict[str, Any], proposal: dict | None = None,
             _data_cache[key] = load_data(pm, s["data"], s["proxy_resolution"], s["seed"])
         result = evaluate_candidate(spec, s["stages"], _data_cache[key], config=s["settings"], pm=pm,
                                     score_weights=s["score"], seed=s["seed"],
-                                    trial={"id": trial_id, "budget": s["budget"]})
+                                    trial={"id": trial_id, "budget": s["budget"]}, model=model)
         status, metrics, score, error = result.status, result.metrics, result.score, None
         if result.error:
             error = f"stage {result.error['stage']} (plugin {result.error['plugin']}): {result.error['message']}"
@@ -98,6 +98,8 @@ def nni_trial(model, settings: dict[str, Any]) -> None:
     if settings.get("threads"):
         import torch
         torch.set_num_threads(settings["threads"])
+    # the model NNI built is used as is when it was initialised as the stages would (same seed)
+    built = model if getattr(model, "built_seed", None) == settings["seed"] else None
     reward, _ = evaluate_spec(model.spec, settings, getattr(model, "proposal", None),
-                              getattr(model, "proposed_spec", None))
+                              getattr(model, "proposed_spec", None), model=built)
     nni.report_final_result(float(reward))

@@ -11,7 +11,7 @@ def _random(seed=None, **options):
     return Random(seed=seed, **options)
 
 
-def _evolution(seed=None, population_size=8, sample_size=4, mutation_prob=0.1, **options):
+def _evolution(seed=None, population_size=24, sample_size=6, mutation_prob=0.15, **options):
     with quiet():
         from nni.nas.strategy import RegularizedEvolution
     return RegularizedEvolution(population_size=population_size, sample_size=sample_size,
@@ -80,6 +80,9 @@ def _ppo(seed=None, samples_per_update=10, lr=3e-3, entropy=0.1, hidden_dim=64, 
         return PPOPolicy(actor, critic, optim, torch.distributions.Categorical, discount_factor=1.0,
                          action_space=env.action_space, ent_coef=entropy, reward_normalization=True)
 
+    # one PPO update (5 epochs over the buffer) per collection: NNI's default runs it 5 times over, 25
+    # epochs on 10 trajectories, which overfits the policy to its first rewards
+    options.setdefault("update_kwargs", {"batch_size": 32, "repeat": 5, "update_times": 1})
     return PolicyBasedRL(samples_per_update=samples_per_update, policy_fn=policy_fn, **options)
 
 

@@ -299,10 +299,15 @@ def _prune(space: BudgetSpace) -> tuple[dict[str, list], list[tuple[str, Any]]]:
     return kept, pruned
 
 
-@lru_cache(maxsize=32)
 def budget_space(config: SpaceConfig, budget: int, band: tuple[float, float] = (0.9, 1.0), resolution: int = 224,
                  num_classes: int = 1000) -> BudgetSpace:
-    """The budget-centred space of ``config`` for ``budget`` at ``resolution`` (cached)."""
+    """The budget-centred space of ``config`` for ``budget`` at ``resolution`` (derived once per process)."""
+    return _budget_space(config, int(budget), (float(band[0]), float(band[1])), int(resolution), int(num_classes))
+
+
+@lru_cache(maxsize=32)
+def _budget_space(config: SpaceConfig, budget: int, band: tuple[float, float], resolution: int,
+                  num_classes: int) -> BudgetSpace:
     grids = stage_grids(resolution)
     head_dim = 32 if 32 in config.head_dim else config.head_dim[0]
     stem = min(config.stem_width, key=lambda s: abs(s - REF_STEM))

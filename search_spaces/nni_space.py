@@ -107,23 +107,29 @@ class BudgetModelSpace(ModelSpace):
     lies in the FLOP band is the search's business (screened proposals are never built).
     """
 
-    def __init__(self, space: BudgetSpace, num_classes: int = 1000, img_size: int = 224):
+    def __init__(self, space: BudgetSpace, num_classes: int = 1000, img_size: int = 224, seed: int | None = None):
         super().__init__()
         self.space = space
         self.num_classes = num_classes
         self.img_size = img_size
+        self.seed = seed
         for label, values in space.choices().items():
             self.add_mutable(nni.choice(label, values))
 
     @classmethod
     def create_fixed_module(cls, sample: dict[str, Any], space: BudgetSpace, num_classes: int = 1000,
-                            img_size: int = 224) -> MetaNet:
+                            img_size: int = 224, seed: int | None = None) -> MetaNet:
         spec = space.decode(sample)
-        return _with_proposal(MetaNet(spec, num_classes=num_classes, img_size=img_size), sample, spec.to_sample())
+        if seed is not None:  # initialised exactly as the stages would build it, so a trial can use it as is
+            import torch
+            torch.manual_seed(seed)
+        model = _with_proposal(MetaNet(spec, num_classes=num_classes, img_size=img_size), sample, spec.to_sample())
+        model.built_seed = seed
+        return model
 
     def freeze(self, sample: dict[str, Any]) -> MetaNet:
         self.validate(sample)
-        return self.create_fixed_module(sample, self.space, self.num_classes, self.img_size)
+        return self.create_fixed_module(sample, self.space, self.num_classes, self.img_size, self.seed)
 
     def forward(self, x):  # pragma: no cover - a space is not a model
         raise RuntimeError("BudgetModelSpace is a search space; freeze a sample to get a model")
