@@ -64,6 +64,14 @@ resolution_option = click.option("--resolution", "-r", type=click.IntRange(min=1
 space_option = click.option("--space", "space_name", default="unified", show_default=True, help="Search space name.")
 num_classes_option = click.option("--num-classes", type=click.IntRange(min=0), default=1000, show_default=True,
                                   help="Classifier size included in the figures.")
+band_option = click.option("--band", callback=_band, default="0.9,1.0", show_default=True,
+                           help="Accepted FLOPs as LOW,HIGH fractions of the budget.")
+
+
+def budget_option(help_text: str):
+    return click.option("--flops", "budget", callback=_budget, default=None, help=help_text)
+
+
 set_option = click.option("--set", "sets", multiple=True, metavar="STAGE.KEY=VALUE", help="Override a stage setting.")
 
 _CLICK_TYPES = {"int": int, "float": float, "int>=1": click.IntRange(min=1), "int>=8": click.IntRange(min=8),
@@ -118,10 +126,8 @@ def space():
 @space.command("show")
 @space_option
 @resolution_option
-@click.option("--flops", "budget", callback=_budget, default=None,
-              help="Show the budget-centred space a search samples under this budget instead.")
-@click.option("--band", callback=_band, default="0.9,1.0", show_default=True,
-              help="Accepted FLOPs as LOW,HIGH fractions of the budget.")
+@budget_option("Show the budget-centred space a search samples under this budget instead.")
+@band_option
 @json_option
 def space_show(space_name, resolution, budget, band, as_json):
     """The choices per stage, the size of the space and its FLOP range (or, with --flops, a budget's space)."""
@@ -161,10 +167,8 @@ def _show_budget_space(sp, budget, band, resolution, as_json):
 @space.command("sample")
 @space_option
 @click.option("--seed", type=int, default=None, help="Random seed (default: random).")
-@click.option("--flops", "budget", callback=_budget, default=None,
-              help="FLOP budget, e.g. 600M or 1.5G: the sample lands inside the band of it.")
-@click.option("--band", callback=_band, default="0.9,1.0", show_default=True,
-              help="Accepted FLOPs as LOW,HIGH fractions of the budget.")
+@budget_option("FLOP budget, e.g. 600M or 1.5G: the sample lands inside the band of it.")
+@band_option
 @resolution_option
 def space_sample(space_name, seed, budget, band, resolution):
     """Print one architecture spec as JSON on stdout."""

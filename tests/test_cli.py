@@ -104,3 +104,14 @@ def test_invalid_spec_file_names_the_field(run, tmp_path):
     path.write_text(json.dumps(spec))
     line = one_line_error(run("flops", str(path)), 1)
     assert "s2_op" in line and "conv9x9" in line
+
+
+def test_space_show_of_a_budget(run):
+    data = json.loads(run("space", "show", "--flops", "600M", "--json").output)
+    assert data["space"] == "unified@600M" and data["budget"] == 600_000_000
+    assert set(data["choices"]) == {f"s{i}_{f}" for i in range(6) for f in ("op_dsm", "width_mult", "depth_delta",
+                                                                            "expand")}
+    assert "attention/local" not in data["choices"]["s1_op_dsm"]  # 56x56 tokens cannot fit 600M: not offered
+    assert data["in_band"] >= 0.2  # a fifth of uniform proposals land in the band as proposed
+    text = run("space", "show", "--flops", "600M").output
+    assert "uniform proposals in the band" in text and "not offered" in text
