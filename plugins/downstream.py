@@ -6,6 +6,9 @@ a short fine-tune of the whole network after the probe (``finetune_steps``), and
 same architecture trained from scratch on 100% of the task (``from_scratch``) so INTERN's claim
 (10% adapted beats 100% from scratch) can be checked on any data.
 """
+import copy
+import zlib
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Subset, TensorDataset
@@ -32,14 +35,19 @@ def run(context):
     tasks = context.data.require_tasks(cfg["tasks"])
     model, origin = context.model_from(*[s for s in cfg["backbone"].split(",") if s])
     metrics, firsts, lasts, scratch = {}, [], [], []
-    for i, (name, split) in enumerate(tasks.items()):
-        picked = stratified_fraction(split.labels("train"), cfg["fraction"], context.seed + i)
+    for name, split in tasks.items():
+        # Each task on its own: seeds from its name, and (when fine-tuning) its own copy of the backbone,
+        # so neither the other tasks nor their order can change its numbers.
+        seed = context.seed + zlib.crc32(name.encode()) % 100_003
+        task_model = copy.deepcopy(model) if cfg["finetune_steps"] else model
+        picked = stratified_fraction(split.labels("train"), cfg["fraction"], seed)
         few = Subset(split.train, picked)
         # Frozen backbone: features once, then the probe trains on them.
-        x_tr, y_tr = extract(model, few, device)
+        x_tr, y_tr = extract(task_model, few, device)
+        torch.manual_seed(seed)
         head = linear_head(x_tr.shape[1], split.num_classes, device)
         opt = make_optimizer(head.parameters(), cfg["optimizer"], cfg["lr"], cfg["weight_decay"], cfg["momentum"])
-        stream = batches(TensorDataset(x_tr, y_tr), cfg["batch_size"], context.seed, device)
+        stream = batches(TensorDataset(x_tr, y_tr), cfg["batch_size"], seed, device)
         log = LossLog()
         for _ in range(max(1, int(cfg["epochs"] * max(1, len(y_tr) // cfg["batch_size"])))):
             x, y = next(stream)
@@ -48,12 +56,12 @@ def run(context):
         summary = log.summary()
         firsts.append(summary["train_loss_first"])
         lasts.append(summary["train_loss_last"])
-        acc = evaluate(model, head, split.test, device)
+        acc = evaluate(task_model, head, split.test, device)
         metrics[f"{name}.probe_acc"] = acc
         if cfg["finetune_steps"]:
-            tuned = train_classifier(model, head, few, cfg, context.seed, device, lr=cfg["finetune_lr"],
+            tuned = train_classifier(task_model, head, few, cfg, seed, device, lr=cfg["finetune_lr"],
                                      max_steps=cfg["finetune_steps"], epochs=float("inf"))
-            acc = evaluate(model, head, split.test, device)
+            acc = evaluate(task_model, head, split.test, device)
             metrics[f"{name}.finetune_acc"] = acc
             metrics[f"{name}.finetune_loss_last"] = tuned.summary()["train_loss_last"]
         metrics[f"{name}.acc"] = acc
@@ -61,7 +69,7 @@ def run(context):
         if cfg["from_scratch"]:
             fresh = context.fresh_model()
             fresh_head = linear_head(fresh.num_features, split.num_classes, device)
-            train_classifier(fresh, fresh_head, split.train, {**cfg, "optimizer": "adamw"}, context.seed, device,
+            train_classifier(fresh, fresh_head, split.train, {**cfg, "optimizer": "adamw"}, seed, device,
                              lr=cfg["scratch_lr"], epochs=cfg["scratch_epochs"], max_steps=cfg["scratch_max_steps"])
             metrics[f"{name}.scratch_acc"] = evaluate(fresh, fresh_head, split.test, device)
             scratch.append(metrics[f"{name}.scratch_acc"])

@@ -122,3 +122,24 @@ def test_evaluate_command(tmp_path):
     bad = CliRunner().invoke(cli, ["evaluate", str(path), "--set", "amateur=3"])
     assert bad.exit_code == 2 and "STAGE.SETTING=VALUE" in bad.output
     assert registry() is not None
+
+
+def test_downstream_tasks_are_independent_of_each_other(digits):
+    # Two identical tasks with fine-tuning on: each gets the numbers it gets alone, whatever the order.
+    from metanet.data import DataBundle
+    split = digits.tasks["heldout_digits"]
+    spec = ArchSpec.from_dict(tiny_spec_dict())
+    settings = {"downstream": {"finetune_steps": 5, "epochs": 5}}
+
+    def metrics(task_names):
+        bundle = DataBundle("twins", digits.resolution, digits.sources, {n: split for n in task_names})
+        result = evaluate_candidate(spec, ["downstream"], bundle, config=settings)
+        assert result.status == "ok", result.error
+        return result.metrics
+
+    together, reversed_order = metrics(["a", "b"]), metrics(["b", "a"])
+    for name in ("a", "b"):
+        alone = metrics([name])
+        for key in ("probe_acc", "finetune_acc", "acc", "labels_used"):
+            assert together[f"downstream.{name}.{key}"] == alone[f"downstream.{name}.{key}"]
+            assert reversed_order[f"downstream.{name}.{key}"] == alone[f"downstream.{name}.{key}"]
