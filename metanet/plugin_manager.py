@@ -189,9 +189,6 @@ class PluginManager:
                       for kind, table in self.registry.items()}
         return {"plugins": rows, "registered": registered}
 
-    def source_of(self, plugin: str) -> str:
-        return self._sources.get(plugin, ("registered", None))[0]
-
     def notify(self, hookname: str, **kwargs) -> list[str]:
         """Call an observer hook; a raising observer is reported, never fatal. Returns the messages."""
         problems = []

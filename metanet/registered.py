@@ -85,7 +85,9 @@ class Operator(Registered):
     def cost(self, cin, cout, stride, expand, head_dim, hw_in, hw_out, grid):
         """(flops, params) of one block, from the registered formula or by counting a built block."""
         from metanet.search_spaces.estimate import Cost
-        formula = resolve(self.options.get("cost"))
+        formula = self.options.get("cost")
+        if isinstance(formula, str):  # a "module:attr" reference: resolved once, this runs in the FLOP DPs
+            formula = self.options["cost"] = resolve(formula)
         if formula is not None:
             result = formula(cin, cout, stride, expand, head_dim, hw_in=hw_in, hw_out=hw_out, grid=grid)
             return result if isinstance(result, Cost) else Cost(int(result[0]), int(result[1]))

@@ -74,7 +74,6 @@ class BudgetSpace:
     head_dim: int
     bases: tuple[dict[tuple[str, str], tuple[int, int]], ...]  # per stage: (op, dsm) -> (depth, width)
     choice_lists: tuple[tuple[str, tuple], ...]     # (label, values) in order, after pruning
-    expands: tuple[Any, ...] = ()                   # the reference expansion per stage
     pruned: tuple[tuple[str, Any], ...] = ()        # (label, value) removed as unable to reach the band
     num_classes: int = 1000
     _cache: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
@@ -367,11 +366,10 @@ def _assemble(config, budget, band, resolution, num_classes, stem, head_dim, lay
             raise ConfigError(f"flops: no operator of space '{config.name}' fits stage {i} under "
                               f"{format_flops(budget)} at {resolution}px")
     space = BudgetSpace(config, int(budget), tuple(band), resolution, stem, head_dim, tuple(bases),
-                        tuple(choice_lists), tuple(_expand_for(config, i) for i in range(NUM_STAGES)),
-                        num_classes=num_classes)
+                        tuple(choice_lists), num_classes=num_classes)
     kept, pruned = _prune(space)
     return BudgetSpace(config, int(budget), tuple(band), resolution, stem, head_dim, tuple(bases),
-                       tuple((label, tuple(v)) for label, v in kept.items()), space.expands,
+                       tuple((label, tuple(v)) for label, v in kept.items()),
                        tuple(unfit) + tuple(pruned), num_classes=num_classes)
 
 
