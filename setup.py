@@ -24,6 +24,7 @@ setup(
         "pluggy>=1.0",
         "click>=8.0",
         "scikit-learn",
+        "scipy",  # rank correlations of proxy-check
         "matplotlib",
         "pyyaml",
         "tqdm",

@@ -75,7 +75,8 @@ def budget_option(help_text: str):
 set_option = click.option("--set", "sets", multiple=True, metavar="STAGE.KEY=VALUE", help="Override a stage setting.")
 
 _CLICK_TYPES = {"int": int, "float": float, "int>=1": click.IntRange(min=1), "int>=8": click.IntRange(min=8),
-                "int>=16": click.IntRange(min=16), "port": click.IntRange(1, 65535)}
+                "int>=16": click.IntRange(min=16), "port": click.IntRange(1, 65535),
+                "fraction": click.FloatRange(0, 1, min_open=True, max_open=True)}
 
 
 def config_option(name: str, **overrides):
@@ -268,30 +269,51 @@ def plugins_cmd(as_json):
             click.echo(f"{kind}: {', '.join(sorted(table))}")
 
 
+def _search_default(name: str):
+    from .search_config import SearchConfig
+    return SearchConfig.defaults()[name]
+
+
+def warn_small_attention_grids(arch, resolution: int) -> None:
+    from .search_spaces.spec import small_attention_grids
+    small = small_attention_grids([{st.op, st.dsm} for st in arch.stages], resolution)
+    if small:
+        click.echo(f"warning: at {resolution}px these attention stages see fewer than 2x2 tokens and degenerate "
+                   f"to near-linear maps: {'; '.join(small)}", err=True)
+
+
 @cli.command("evaluate")
 @click.argument("spec")
 @click.option("--stages", default="zero-cost,amateur,expert,generalist,downstream", show_default=True,
               help="Stage plugins to run, in order.")
 @config_option("data", default="digits")
-@config_option("proxy_resolution", default=32)
+@config_option("proxy_resolution", default=_search_default("proxy_resolution"))
+@config_option("val_fraction", default=_search_default("val_fraction"))
+@config_option("repeats", default=1)
 @set_option
 @config_option("score")
 @config_option("seed", default=0)
 @json_option
-def evaluate_cmd(spec, stages, data, proxy_resolution, sets, score, seed, as_json):
-    """Run evaluation stages on one architecture and print its metrics and score."""
+def evaluate_cmd(spec, stages, data, proxy_resolution, val_fraction, repeats, sets, score, seed, as_json):
+    """Run evaluation stages on one architecture and print its metrics and score.
+
+    ``score`` comes from the validation splits (what a search optimises), ``test_score`` from the test
+    splits.
+    """
     from .data import load_data
     from .search_config import parse_sets, parse_stages
-    from .stages import evaluate_candidate, parse_score
+    from .stages import evaluate_repeated, parse_score
     from .store import OK
     pm = _registry()
     arch = _load_spec(spec)
     settings, weights, stage_list = parse_sets(sets), parse_score(score), parse_stages(stages)
-    bundle = load_data(pm, data, proxy_resolution, seed)
-    result = evaluate_candidate(arch, stage_list, bundle, config=settings, pm=pm, score_weights=weights, seed=seed)
+    warn_small_attention_grids(arch, proxy_resolution)
+    bundle = load_data(pm, data, proxy_resolution, seed, val_fraction)
+    result = evaluate_repeated(arch, stage_list, bundle, config=settings, pm=pm, score_weights=weights, seed=seed,
+                               repeats=repeats)
     if as_json:
-        _emit_json({"status": result.status, "score": result.score, "metrics": result.metrics,
-                    "seconds": round(result.seconds, 2), "error": result.error})
+        _emit_json({"status": result.status, "score": result.score, "test_score": result.test_score,
+                    "metrics": result.metrics, "seconds": round(result.seconds, 2), "error": result.error})
     else:
         for k, v in result.metrics.items():
             click.echo(f"{k:<40} {v:.4f}")
@@ -356,6 +378,37 @@ def results_cmd(run_dir, top, as_json):
         return click.echo(json.dumps(rows, indent=2))
     click.echo(results_table(rows))
     click.echo(operator_mix_table(rows))
+
+
+@cli.command("proxy-check")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--top", "top", type=click.IntRange(min=3), default=8, show_default=True,
+              help="Trials to re-evaluate: the best half of them, and an even spread over the rest.")
+@set_option
+@click.option("--proxy-resolution", type=click.IntRange(min=8), default=None,
+              help="Re-evaluate at this image size (default: the run's).")
+@click.option("--repeats", type=click.IntRange(min=1), default=None,
+              help="Seeds per re-evaluation (default: the run's).")
+@budget_option("Only the trials of this budget of the run (e.g. 300M).")
+@json_option
+def proxy_check_cmd(run_dir, top, sets, proxy_resolution, repeats, budget, as_json):
+    """Does the search's proxy rank architectures as a longer/larger evaluation does?
+
+    Re-evaluates K finished trials of RUN_DIR with the run's stages and the --set overrides
+    (e.g. --set amateur.max_steps=400) and prints Kendall's tau and Spearman's rho between the
+    search-time and the re-evaluated validation scores. Re-evaluations are kept in
+    RUN_DIR/proxy-check-<key>/; the same command again resumes them.
+    """
+    from .proxy_check import proxy_check
+    from .search_config import parse_sets
+    _registry()
+    result = proxy_check(run_dir, top, parse_sets(sets), proxy_resolution, repeats,
+                         budget,
+                         echo=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)))
+    if as_json:
+        return _emit_json(result.to_json())
+    click.echo(result.table())
+    click.echo(f"re-evaluations: {result.check_dir}   (metanet results {result.check_dir})")
 
 
 @cli.command("export")

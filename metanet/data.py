@@ -7,12 +7,19 @@ Two loaders ship with metanet (registered by the ``metanet.plugins.datasets`` pl
   classes), ``parity`` and ``magnitude`` (0-3 vs 4-6). The downstream task ``heldout_digits``
   (7, 8, 9) uses images the upstream never saw.
 * ``folder``: a directory with ``upstream/<source>/`` and ``downstream/<task>/``, each an
-  ImageFolder (class sub-folders), or holding ``train/`` and ``test/`` ImageFolders.
+  ImageFolder (class sub-folders), or holding ``train/`` and ``test/`` (and optionally ``val/``)
+  ImageFolders. A task folder may hold ``train_<N>pct.txt``: a fixed list of the images of its
+  N% subset (as GV-B's meta lists), used verbatim by ``downstream``.
+
+Every split has three parts: ``train`` (what stages learn from), ``val`` (what rewards are
+computed on) and ``test`` (reported only). Unless a loader gives a validation set, it is carved
+out of the training set by :meth:`DataBundle.with_validation` (stratified, seeded), so the search
+never selects on the images it reports.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -22,18 +29,53 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from .errors import DataError
 
 
+DEFAULT_VAL_FRACTION = 0.2
+
+
 @dataclass
 class Split:
-    """One labelled classification problem with its train and test sets."""
+    """One labelled classification problem: train, validation (rewards) and test (reported) sets."""
 
     train: Dataset
     test: Dataset
     num_classes: int
     classes: list[str]
+    val: Dataset | None = None
+    # fixed subsets of ``train`` given by the data (fraction -> indices into train), e.g. GV-B's 10% lists
+    subsets: dict[float, list[int]] = field(default_factory=dict)
 
     def labels(self, which: str = "train") -> torch.Tensor:
-        ds = self.train if which == "train" else self.test
-        return dataset_labels(ds)
+        return dataset_labels(getattr(self, which))
+
+    def with_validation(self, fraction: float, seed: int, where: str = "data") -> "Split":
+        """This split with ``fraction`` of each class of ``train`` moved to ``val`` (kept if it has one).
+
+        Images of a fixed subset stay in ``train``: the subset is used verbatim.
+        """
+        if self.val is not None:
+            return self
+        if not 0 < fraction < 1:
+            raise DataError(f"{where}: val_fraction must be in (0, 1) to carve a validation set, got {fraction}")
+        labels = dataset_labels(self.train)
+        keep = torch.zeros(len(labels), dtype=torch.bool)
+        for idx in self.subsets.values():
+            keep[torch.as_tensor(idx, dtype=torch.long)] = True
+        g = torch.Generator().manual_seed(seed)
+        val = []
+        for c in labels.unique():
+            idx = ((labels == c) & ~keep).nonzero().flatten()
+            idx = idx[torch.randperm(len(idx), generator=g)]
+            # at least one image of a class in val, and never its last one in train
+            n = min(max(1, round(fraction * int((labels == c).sum()))), len(idx) - 1)
+            val.extend(idx[:max(n, 0)].tolist())
+        if not val:
+            raise DataError(f"{where}: too few training images to carve a validation set")
+        in_val = torch.zeros(len(labels), dtype=torch.bool)
+        in_val[torch.as_tensor(val)] = True
+        rest = (~in_val).nonzero().flatten().tolist()
+        new_index = {old: new for new, old in enumerate(rest)}
+        subsets = {f: [new_index[i] for i in idx] for f, idx in self.subsets.items()}
+        return replace(self, train=Subset(self.train, rest), val=Subset(self.train, sorted(val)), subsets=subsets)
 
 
 @dataclass
@@ -53,6 +95,15 @@ class DataBundle:
         if not self.tasks:
             raise DataError(f"data '{self.name}' has no downstream tasks")
         return _select(self.tasks, names, f"data '{self.name}'", "task")
+
+    def with_validation(self, fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0) -> "DataBundle":
+        """Every split with a validation set: the loader's, else carved from its training set."""
+        if all(s.val is not None for s in [*self.sources.values(), *self.tasks.values()]):
+            return self
+        return replace(self, sources={n: s.with_validation(fraction, seed, f"data '{self.name}': source {n!r}")
+                                      for n, s in self.sources.items()},
+                       tasks={n: s.with_validation(fraction, seed + 1, f"data '{self.name}': task {n!r}")
+                              for n, s in self.tasks.items()})
 
 
 def _select(table, names, where, kind):
@@ -148,12 +199,69 @@ def _folder_split(path: Path, transform, seed: int, test_fraction: float) -> Spl
     if (path / "train").is_dir() and (path / "test").is_dir():
         train = _image_folder(path / "train", transform)
         test = _image_folder(path / "test", transform)
-        if test.classes != train.classes:
-            raise DataError(f"{path}: train/ and test/ have different classes")
-        return Split(train, test, len(train.classes), list(train.classes))
+        val = _image_folder(path / "val", transform) if (path / "val").is_dir() else None
+        for name, part in (("test", test), ("val", val)):
+            if part is not None and part.classes != train.classes:
+                raise DataError(f"{path}: train/ and {name}/ have different classes")
+        return Split(train, test, len(train.classes), list(train.classes), val,
+                     _subset_lists(path, path / "train", [p for p, _ in train.samples]))
     full = _image_folder(path, transform)
     tr, te = _split_indices(len(full), test_fraction, seed)
-    return Split(Subset(full, tr.tolist()), Subset(full, te.tolist()), len(full.classes), list(full.classes))
+    tr, te = tr.tolist(), te.tolist()
+    listed = set().union(*_listed_paths(path, path))
+    if listed:  # listed images belong to train, wherever the random test split would have put them
+        moved = [i for i in te if os.path.normpath(full.samples[i][0]) in listed]
+        te = [i for i in te if i not in set(moved)]
+        tr = tr + moved
+    return Split(Subset(full, tr), Subset(full, te), len(full.classes), list(full.classes),
+                 subsets=_subset_lists(path, path, [full.samples[i][0] for i in tr]))
+
+
+def _listed_paths(task: Path, images: Path) -> list[set[str]]:
+    """The image paths of every ``train_<N>pct.txt`` in ``task`` (one line per image, relative to ``images``)."""
+    out = []
+    for f in sorted(task.glob("train_*pct.txt")):
+        paths = set()
+        for line in _read_list(f):
+            entry = line.split()[0] if line.strip() else ""
+            if entry and not entry.startswith("#"):
+                paths.add(os.path.normpath(images / entry))
+        out.append(paths)
+    return out
+
+
+def _read_list(f: Path) -> list[str]:
+    try:
+        return f.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{f}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+def _subset_lists(task: Path, images: Path, train_paths: list[str]) -> dict[float, list[int]]:
+    """Fixed subsets of the training images, from ``train_<N>pct.txt`` files: fraction -> train indices."""
+    index = {os.path.normpath(p): i for i, p in enumerate(train_paths)}
+    subsets = {}
+    for f in sorted(task.glob("train_*pct.txt")):
+        pct = f.name[len("train_"):-len("pct.txt")]
+        try:
+            fraction = float(pct) / 100
+        except ValueError:
+            raise DataError(f"{f}: expected a name train_<N>pct.txt with N a number") from None
+        if not 0 < fraction <= 1:
+            raise DataError(f"{f}: N must be in (0, 100]")
+        picked = []
+        for n, line in enumerate(_read_list(f), 1):
+            entry = line.split()[0] if line.strip() else ""
+            if not entry or entry.startswith("#"):
+                continue
+            i = index.get(os.path.normpath(images / entry))
+            if i is None:
+                raise DataError(f"{f}:{n}: {entry!r} is not an image of the training set of {task}")
+            picked.append(i)
+        if not picked:
+            raise DataError(f"{f}: lists no image")
+        subsets[fraction] = sorted(set(picked))
+    return subsets
 
 
 def load_folder_bundle(root: str | os.PathLike, resolution: int = 32, seed: int = 0,
@@ -182,12 +290,20 @@ def load_folder_bundle(root: str | os.PathLike, resolution: int = 32, seed: int 
     return DataBundle(root.name, resolution, parts["upstream"], parts["downstream"])
 
 
-def load_data(pm, source: str, resolution: int, seed: int) -> DataBundle:
-    """A registered dataset by name, ``NAME:PATH`` for a loader that reads a folder, or a bare path.
+def load_data(pm, source: str, resolution: int, seed: int, val_fraction: float = DEFAULT_VAL_FRACTION) -> DataBundle:
+    """A registered dataset by name, ``NAME:PATH`` for a loader that reads a folder, or a bare path,
+    with a validation set in every split (carved from training data with ``val_fraction``).
 
     A bare path (an existing folder, or text with a path separator) goes to the one registered
     loader that reads folders (``folder`` unless plugins add more; then name it).
     """
+    bundle = _load(pm, source, resolution, seed)
+    if not isinstance(bundle, DataBundle):
+        raise DataError(f"data: loader of {source!r} returned {type(bundle).__name__}, not a DataBundle")
+    return bundle.with_validation(val_fraction, seed)
+
+
+def _load(pm, source: str, resolution: int, seed: int) -> DataBundle:
     name, colon, path = source.partition(":")
     if colon and name in pm.registry["datasets"]:
         dataset = pm.dataset(name)

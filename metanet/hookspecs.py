@@ -65,7 +65,10 @@ def metanet_register_stages(register):
     trains_backbone=False, score_metric="acc")``.
 
     Called once per plugin at load time. ``run(context)`` evaluates one candidate (``context`` is a
-    :class:`metanet.stages.StageContext`) and returns a dict of metric name -> number. ``defaults``
+    :class:`metanet.stages.StageContext`) and returns a dict of metric name -> number: metrics
+    measured on held-out data come from ``context.data``'s validation sets (``split.val``; rewards
+    are computed from them), with their test-set counterparts named ``test_<name>`` (reported only;
+    :func:`metanet.training.evaluate_split` gives both). ``defaults``
     is the stage's configuration (epochs, batch size, lr ...) that users override with ``--set``;
     values keep the type of their default. ``trains_backbone=True`` declares that the stage leaves
     trained backbone weights in ``context.state[name]["weights"]`` (the search keeps the best for
@@ -111,7 +114,8 @@ def metanet_trial_started(trial):
 @hookspec
 def metanet_trial_finished(trial, metrics):
     """A candidate finished all its stages. ``metrics`` maps ``"stage.metric"`` to numbers and
-    holds ``score``, what the search optimises. Return value ignored."""
+    holds ``score``, what the search optimises (from validation-split metrics), and ``test_score``,
+    the same formula on the test split (reported only). Return value ignored."""
 
 
 @hookspec

@@ -21,7 +21,8 @@ class SearchSummary:
     plot: Path | None
 
     def to_json(self) -> dict:
-        best = {str(b): (r and {"id": r["id"], "flops": r["flops"], "params": r["params"], "score": r["score"]})
+        best = {str(b): (r and {"id": r["id"], "flops": r["flops"], "params": r["params"], "score": r["score"],
+                                "test_score": r.get("test_score")})
                 for b, r in self.best.items()}
         return {"run_dir": str(self.run_dir), "trials": self.trials, "failed": self.failed,
                 "screened": {str(k): v for k, v in self.screened.items()}, "best": best,
@@ -45,13 +46,15 @@ def summarize(run: RunDir, write: bool = True) -> SearchSummary:
     cfg = run.config
     best = run.best(store)
     counts = {b: run.counts(b, store) for b in cfg.flops}
+    # the best is chosen on the validation score; its test score is reported beside it, never used
     lines = [f"{'budget':>8} {'trials':>6} {'failed':>6} {'screened':>8} {'best id':>7} {'FLOPs':>9} {'params':>8} "
-             f"{'score':>8}"]
+             f"{'val':>8} {'test':>8}"]
     for b in cfg.flops:
         c, br = counts[b], best[b]
         lines.append(f"{format_flops(b):>8} {c['trials']:>6} {c['failed']:>6} {c['screened']:>8} "
                      + (f"{br['id']:>7} {format_flops(br['flops']):>9} {format_flops(br['params']):>8} "
-                        f"{br['score']:>8.4f}" if br else f"{'-':>7} {'-':>9} {'-':>8} {'-':>8}"))
+                        f"{br['score']:>8.4f} {_fmt(br.get('test_score')):>8}"
+                        if br else f"{'-':>7} {'-':>9} {'-':>8} {'-':>8} {'-':>8}"))
     table = "\n".join(lines)
     ok = store.trials(status=OK)
     plot = None
@@ -63,18 +66,35 @@ def summarize(run: RunDir, write: bool = True) -> SearchSummary:
                          table, plot)
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def results_rows(run: RunDir, top: int | None = None) -> list[dict]:
-    """The trials of a run for ``metanet results``: per budget, best first (never writes into the run)."""
-    keys = ("id", "budget", "status", "spec", "flops", "params", "score", "metrics", "error", "seconds", "seed",
-            "proposal", "rewritten", "reward")
-    return [{k: r[k] for k in keys} for r in run.by_budget(top, store=run.read_store())]
+    """The trials of a run for ``metanet results``: per budget, best first (never writes into the run).
+
+    ``score`` is the validation score the search optimised, ``test_score`` the same formula on the
+    test splits; with ``--repeats``, both are means over the seeds and ``score_std`` their spread.
+    """
+    keys = ("id", "budget", "status", "spec", "flops", "params", "score", "test_score", "metrics", "error",
+            "seconds", "seed", "proposal", "rewritten", "reward")
+    rows = []
+    for r in run.by_budget(top, store=run.read_store()):
+        row = {k: r.get(k) for k in keys}
+        row["score_std"] = r["metrics"].get("score_std")
+        row["repeats"] = int(r["metrics"].get("repeats", 1)) if r["status"] == OK else None
+        rows.append(row)
+    return rows
 
 
 def results_table(rows: list[dict]) -> str:
     from .search_spaces.spec import ArchSpec, SpecError
-    lines = [f"{'id':>4} {'budget':>7} {'status':>7} {'FLOPs':>8} {'params':>8} {'score':>9}  layout / error"]
+    lines = [f"{'id':>4} {'budget':>7} {'status':>7} {'FLOPs':>8} {'params':>8} {'val':>7} {'test':>7}  "
+             "layout / error"]
     for r in rows:
         score = f"{r['score']:.4f}" if r["score"] is not None else "-"
+        if r.get("score_std") is not None:
+            score = f"{r['score']:.3f}±{r['score_std']:.3f}"
         if r["status"] == FAILED:
             detail = r["error"]
         else:
@@ -83,7 +103,8 @@ def results_table(rows: list[dict]) -> str:
             except SpecError as exc:  # e.g. an operator of a plugin that is not loaded now
                 detail = str(exc)
         lines.append(f"{r['id']:>4} {format_flops(r['budget']):>7} {r['status']:>7} {format_flops(r['flops']):>8} "
-                     f"{format_flops(r['params']):>8} {score:>9}  {(detail or '')[:110]}")
+                     f"{format_flops(r['params']):>8} {score:>7} {_fmt(r.get('test_score')):>7}  "
+                     f"{(detail or '')[:100]}")
     return "\n".join(lines)
 
 
@@ -132,7 +153,7 @@ def _plot(run: RunDir, ok: list[dict]) -> Path:
             label="Pareto front")
     ax.scatter([f / 1e6 for f, _ in front], [s for _, s in front], marker="*", s=90, color="black", zorder=3)
     ax.set_xlabel(f"MFLOPs (MACs) at {cfg.resolution}px")
-    ax.set_ylabel("score")
+    ax.set_ylabel("validation score (what the search optimised)")
     ax.set_title(f"metanet search: {cfg.strategy}, stages {','.join(cfg.stages)}")
     ax.legend(fontsize=8)
     fig.tight_layout()

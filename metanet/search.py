@@ -47,6 +47,26 @@ def check_config(cfg: SearchConfig):
     return space
 
 
+def attention_grid_warning(cfg: SearchConfig, space) -> str | None:
+    """The once-per-run warning when the proxy resolution leaves a stage that may hold attention with
+    fewer than 2x2 tokens (there attention cannot be ranked against convolution)."""
+    from .search_spaces.budget_space import budget_space
+    from .search_spaces.spec import NUM_STAGES, small_attention_grids
+    choices = [set() for _ in range(NUM_STAGES)]
+    if cfg.budget_mode == "project":
+        for i in range(NUM_STAGES):
+            choices[i] |= set(space.op[i]) | set(space.dsm[i])
+    else:
+        for b in cfg.flops:
+            for i, bases in enumerate(budget_space(space, b, cfg.band, cfg.resolution).bases):
+                choices[i] |= {name for pair in bases for name in pair}
+    small = small_attention_grids(choices, cfg.proxy_resolution)
+    if not small:
+        return None
+    return (f"at --proxy-resolution {cfg.proxy_resolution} these stages may hold attention but see fewer than 2x2 "
+            f"tokens, where attention cannot be ranked: {'; '.join(small)}; use 64 or more")
+
+
 def _lookup(option: str, find, name: str):
     try:
         return find(name)
@@ -69,6 +89,9 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool | None = 
     bar = Progress(store, total, enabled=sys.stderr.isatty() if progress is None else progress)
     echo(f"search: {cfg.strategy} over '{cfg.space}', budgets {', '.join(format_flops(b) for b in cfg.flops)}, "
          f"{cfg.trials} trials each, stages {','.join(cfg.stages)}; run directory {run.path}")
+    warning = attention_grid_warning(cfg, space)
+    if warning:
+        echo(f"warning: {warning}")
     try:
         for budget in cfg.flops:
             settings = trial_settings(cfg, run.path, budget)

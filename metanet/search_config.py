@@ -59,6 +59,13 @@ def _number(value, name):
     return out
 
 
+def _fraction(value, name):
+    out = _number(value, name)
+    if not 0 < out < 1:
+        raise ConfigError(f"{name}: expected a fraction strictly between 0 and 1, got {value!r}", param=name)
+    return out
+
+
 def _choice(options: tuple[str, ...]) -> Callable:
     def parse(value, name):
         if value not in options:
@@ -180,8 +187,13 @@ class SearchConfig:
     score: dict[str, float] | None = option(None, _score, "Score as weighted metrics, e.g. downstream.acc=1 "
                                             "(default: the last scoring stage's metric).", "--score")
     data: str = option("digits", _text, "digits, or a folder with upstream/ and downstream/.", "--data")
-    proxy_resolution: int = option(32, _integer(8), "Image size the stages train at.", "--proxy-resolution",
-                                   type="int>=8")
+    proxy_resolution: int = option(64, _integer(8), "Image size the stages train at (64: every stage that may "
+                                   "hold attention sees at least 2x2 tokens).", "--proxy-resolution", type="int>=8")
+    val_fraction: float = option(0.2, _fraction, "Share of each training set held out for validation: rewards "
+                                 "are computed on it, test sets are only reported.", "--val-fraction",
+                                 type="fraction")
+    repeats: int = option(1, _integer(1), "Evaluate each candidate with this many seeds; the score is their mean.",
+                          "--repeats", type="int>=1")
     resolution: int = option(224, _integer(16), "Deployment resolution at which FLOPs are counted.", "--resolution",
                              type="int>=16")
     seed: int = option(0, _integer(-2**63), "Random seed.", "--seed", type="int")

@@ -22,6 +22,7 @@ from .errors import ConfigError
 from .plugin_manager import PluginManager, registry
 from .registered import Stage
 from .store import FAILED, OK
+from .training import place
 
 
 @dataclass
@@ -40,7 +41,7 @@ class StageContext:
         """A new, randomly initialised copy of the candidate (for from-scratch baselines)."""
         from metanet.search_spaces.metanet import MetaNet
         torch.manual_seed(self.seed)
-        return MetaNet(self.spec, num_classes=0, img_size=self.data.resolution).to(self.device)
+        return place(MetaNet(self.spec, num_classes=0, img_size=self.data.resolution), self.device)
 
     def model_from(self, *stages: str) -> tuple[nn.Module, str]:
         """A copy of the candidate with the weights of the first of ``stages`` that ran, else as built."""
@@ -57,11 +58,12 @@ class StageContext:
 class TrialResult:
     status: str                      # OK or FAILED (metanet.store)
     metrics: dict[str, float] = field(default_factory=dict)
-    score: float | None = None
+    score: float | None = None       # from validation metrics: what the search optimises
     error: dict[str, Any] | None = None
     state: dict[str, dict] = field(default_factory=dict)
     seconds: float = 0.0
     backbone_stage: str | None = None  # the last stage that left trained backbone weights
+    test_score: float | None = None  # the same combination of the test-split metrics: reported, never optimised
 
     @property
     def backbone_weights(self) -> dict | None:
@@ -101,6 +103,20 @@ def combine_score(metrics: dict[str, float], weights: dict[str, float]) -> float
     if missing:
         raise ConfigError(f"score: metric {missing[0]!r} was not produced (have: {', '.join(sorted(metrics))})")
     return float(sum(metrics[k] * w for k, w in weights.items()))
+
+
+def test_metric(name: str) -> str:
+    """The test-split counterpart of a validation metric: ``downstream.task.acc`` -> ``downstream.task.test_acc``."""
+    head, dot, last = name.rpartition(".")
+    return f"{head}{dot}test_{last}"
+
+
+def combine_test_score(metrics: dict[str, float], weights: dict[str, float]) -> float | None:
+    """The score's formula over the test-split counterparts of its metrics (metrics without one, such as a
+    zero-cost score, enter as they are); None when no metric of the score has a test counterpart."""
+    if not any(test_metric(k) in metrics for k in weights):
+        return None
+    return float(sum(metrics.get(test_metric(k), metrics[k]) * w for k, w in weights.items()))
 
 
 def check_stages(pm: PluginManager, stages: list[str], config: dict[str, dict] | None) -> dict[str, dict]:
@@ -155,6 +171,7 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
 
     pm = pm or registry()
     configs = check_stages(pm, stages, config)  # the caller's errors: raised before any work
+    data = data.with_validation()  # a bundle built by hand: carve the validation sets stages score on
     weights = score_weights or default_score_weights(stages, pm)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     trial = dict(trial or {})
@@ -167,7 +184,7 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
     if model is None:
         torch.manual_seed(seed)
         model = MetaNet(spec, num_classes=0, img_size=data.resolution)
-    model = model.to(device)
+    model = place(model, device)
     state: dict[str, dict] = {}
     metrics: dict[str, float] = {}
     current, backbone = None, None
@@ -190,7 +207,38 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
         result = TrialResult(FAILED, metrics, None, error, state, time.perf_counter() - start)
         pm.notify("metanet_trial_failed", trial=trial, error=error)
         return result
+    test_score = combine_test_score(metrics, weights)
     metrics["score"] = score
-    result = TrialResult(OK, metrics, score, None, state, time.perf_counter() - start, backbone)
+    if test_score is not None:
+        metrics["test_score"] = test_score
+    result = TrialResult(OK, metrics, score, None, state, time.perf_counter() - start, backbone, test_score)
     pm.notify("metanet_trial_finished", trial=trial, metrics=metrics)
     return result
+
+
+def evaluate_repeated(spec, stages: list[str], data: DataBundle, *, repeats: int = 1, seed: int = 0,
+                      model: nn.Module | None = None, trial: dict[str, Any] | None = None, **kwargs) -> TrialResult:
+    """:func:`evaluate_candidate` with seeds ``seed .. seed+repeats-1`` (same data split); the result holds
+    each metric's mean, ``score_std``/``test_score_std`` (sample standard deviations) and ``repeats``.
+
+    The backbone weights kept are those of the first seed; the first failure fails the whole.
+    """
+    results = []
+    for r in range(repeats):
+        result = evaluate_candidate(spec, stages, data, seed=seed + r, model=model if r == 0 else None,
+                                    trial={**(trial or {}), "repeat": r}, **kwargs)
+        results.append(result)
+        if result.status != OK:
+            return result
+    if repeats == 1:
+        return results[0]
+    first = results[0]
+    keys = [k for k in first.metrics if all(k in r.metrics for r in results)]
+    metrics = {k: sum(r.metrics[k] for r in results) / repeats for k in keys}
+    for name, values in (("score", [r.score for r in results]), ("test_score", [r.test_score for r in results])):
+        if all(v is not None for v in values):
+            mean = sum(values) / repeats
+            metrics[f"{name}_std"] = (sum((v - mean) ** 2 for v in values) / (repeats - 1)) ** 0.5
+    metrics["repeats"] = float(repeats)
+    return TrialResult(OK, metrics, metrics["score"], None, first.state, sum(r.seconds for r in results),
+                       first.backbone_stage, metrics.get("test_score"))

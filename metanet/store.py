@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS trials (
     started REAL, ended REAL,
     proposal TEXT,                     -- what the strategy proposed (its choices), JSON
     rewritten INTEGER,                 -- choices of the evaluated spec that differ from the proposal
-    reward REAL                        -- what the strategy received (the score, or the soft-constraint reward)
+    reward REAL,                       -- what the strategy received (the score, or the soft-constraint reward)
+    test_score REAL                    -- the score's formula on the test splits: reported, never optimised
 );
 CREATE INDEX IF NOT EXISTS trials_budget ON trials (budget, status);
 CREATE TABLE IF NOT EXISTS counters (budget INTEGER, name TEXT, value INTEGER, PRIMARY KEY (budget, name));
@@ -57,7 +58,8 @@ class TrialStore:
                 db.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
                 db.executescript(SCHEMA)
                 have = {row["name"] for row in db.execute("PRAGMA table_info(trials)")}
-                for column, kind in (("proposal", "TEXT"), ("rewritten", "INTEGER"), ("reward", "REAL")):
+                for column, kind in (("proposal", "TEXT"), ("rewritten", "INTEGER"), ("reward", "REAL"),
+                                     ("test_score", "REAL")):
                     if column not in have:  # a run written before these columns existed
                         db.execute(f"ALTER TABLE trials ADD COLUMN {column} {kind}")
 
@@ -84,11 +86,11 @@ class TrialStore:
             return int(cur.lastrowid)
 
     def finish(self, trial_id: int, status: str, metrics: dict, score: float | None, error: str | None,
-               seconds: float, reward: float | None = None) -> None:
+               seconds: float, reward: float | None = None, test_score: float | None = None) -> None:
         with self._connect() as db:
-            db.execute("UPDATE trials SET status=?, metrics=?, score=?, error=?, seconds=?, ended=?, reward=? "
-                       "WHERE id=?", (status, json.dumps(metrics), score, error, seconds, time.time(), reward,
-                                      trial_id))
+            db.execute("UPDATE trials SET status=?, metrics=?, score=?, error=?, seconds=?, ended=?, reward=?, "
+                       "test_score=? WHERE id=?", (status, json.dumps(metrics), score, error, seconds, time.time(),
+                                                   reward, test_score, trial_id))
 
     def bump(self, budget: int, name: str, by: int = 1) -> None:
         with self._connect() as db:

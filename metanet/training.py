@@ -68,6 +68,24 @@ def evaluate(model: nn.Module, head: nn.Module, ds: Dataset, device, batch_size:
     return correct / max(total, 1)
 
 
+def evaluate_split(model: nn.Module, head: nn.Module, split, device) -> dict[str, float]:
+    """``acc`` on the split's validation set (what rewards see) and ``test_acc`` on its test set (reported)."""
+    if split.val is None:
+        from .errors import DataError
+        raise DataError("the split has no validation set (load data with metanet.data.load_data, or call "
+                        "DataBundle.with_validation)")
+    return {"acc": evaluate(model, head, split.val, device), "test_acc": evaluate(model, head, split.test, device)}
+
+
+def averaged(per_part: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``{part: {metric: v}}`` -> ``{part.metric: v}`` plus each metric's mean over the parts."""
+    out = {f"{part}.{k}": v for part, values in per_part.items() for k, v in values.items()}
+    for k in {k for values in per_part.values() for k in values}:
+        vals = [values[k] for values in per_part.values() if k in values]
+        out[k] = sum(vals) / len(vals)
+    return out
+
+
 @torch.no_grad()
 def extract(model: nn.Module, ds: Dataset, device, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
@@ -135,7 +153,14 @@ def linear_head(in_features: int, num_classes: int, device) -> nn.Linear:
 
 
 def state_to_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    """Contiguous CPU copies of a module's tensors (what safetensors and any device can load)."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def place(model: nn.Module, device) -> nn.Module:
+    """The candidate on ``device`` in channels-last layout: convolutions (depthwise above all) run
+    1.4-1.5x faster this way on CPU (oneDNN) as on GPU; tokens are read by reshapes that accept it."""
+    return model.to(device=device, memory_format=torch.channels_last)
 
 
 def train_classifier(model: nn.Module, head: nn.Module, ds: Dataset, cfg: dict, seed: int, device,

@@ -21,6 +21,7 @@ def trial_settings(cfg, run_dir: Path, budget: int) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "budget": budget, "stages": cfg.stages, "settings": cfg.settings,
             "score": cfg.score, "data": cfg.data, "proxy_resolution": cfg.proxy_resolution,
             "resolution": cfg.resolution, "seed": cfg.seed, "plugins": cfg.plugins,
+            "val_fraction": cfg.val_fraction, "repeats": cfg.repeats,
             "invalid_score": cfg.invalid_score, "budget_mode": cfg.budget_mode, "soft_weight": cfg.soft_weight,
             # trial processes share the cores: oversubscribed OpenMP threads spin and crawl
             "threads": max(1, (os.cpu_count() or 1) // cfg.concurrency) if cfg.engine == "ts" else None}
@@ -50,7 +51,8 @@ def evaluate_spec(spec, s: dict[str, Any], proposal: dict | None = None,
     from .plugin_manager import registry
     from .run_dir import RunDir
     from .search_spaces.estimate import estimate
-    from .stages import evaluate_candidate
+    from .data import DEFAULT_VAL_FRACTION
+    from .stages import evaluate_repeated
 
     run = RunDir(s["run_dir"])
     store = run.store
@@ -67,12 +69,13 @@ def evaluate_spec(spec, s: dict[str, Any], proposal: dict | None = None,
     result = None
     try:
         pm = registry(s["plugins"])
-        key = (s["data"], s["proxy_resolution"], s["seed"])
+        val_fraction = s.get("val_fraction", DEFAULT_VAL_FRACTION)
+        key = (s["data"], s["proxy_resolution"], s["seed"], val_fraction)
         if key not in _data_cache:
-            _data_cache[key] = load_data(pm, s["data"], s["proxy_resolution"], s["seed"])
-        result = evaluate_candidate(spec, s["stages"], _data_cache[key], config=s["settings"], pm=pm,
-                                    score_weights=s["score"], seed=s["seed"],
-                                    trial={"id": trial_id, "budget": s["budget"]}, model=model)
+            _data_cache[key] = load_data(pm, s["data"], s["proxy_resolution"], s["seed"], val_fraction)
+        result = evaluate_repeated(spec, s["stages"], _data_cache[key], config=s["settings"], pm=pm,
+                                   score_weights=s["score"], seed=s["seed"], repeats=s.get("repeats", 1),
+                                   trial={"id": trial_id, "budget": s["budget"]}, model=model)
         status, metrics, score, error = result.status, result.metrics, result.score, None
         if result.error:
             error = f"stage {result.error['stage']} (plugin {result.error['plugin']}): {result.error['message']}"
@@ -85,7 +88,7 @@ def evaluate_spec(spec, s: dict[str, Any], proposal: dict | None = None,
         reward = soft_reward(score, est.flops, s["budget"], s["soft_weight"]) if s.get("budget_mode") == "soft" \
             else score
     store.finish(trial_id, status, metrics, score if status == OK else None, error, time.perf_counter() - start,
-                 reward)
+                 reward, result.test_score if status == OK else None)
     if status == OK and result.backbone_stage:
         run.keep_weights(s["budget"], trial_id, result.backbone_weights, result.backbone_stage, s["proxy_resolution"])
     row = {"id": trial_id, "status": status, "score": score, "reward": reward}

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from metanet.training import (LossLog, augment, evaluate, features, linear_head, make_optimizer, nt_xent,
-                              optimizer_step, source_streams, state_to_cpu)
+from metanet.training import (LossLog, augment, averaged, evaluate_split, features, linear_head, make_optimizer,
+                              nt_xent, optimizer_step, source_streams, state_to_cpu)
 
 
 def run(context):
@@ -37,8 +37,7 @@ def run(context):
             z2 = proj(features(model, augment(images, g)))
             loss = loss + cfg["contrastive_weight"] * nt_xent(z1, z2, cfg["temperature"])
         optimizer_step(opt, loss, log)
-    metrics = {f"{s}.acc": evaluate(model, heads[s], split.test, device) for s, split in sources.items()}
-    metrics["acc"] = sum(metrics.values()) / len(sources)
+    metrics = averaged({s: evaluate_split(model, heads[s], split, device) for s, split in sources.items()})
     metrics.update(log.summary())
     context.state["amateur"] = {"weights": state_to_cpu(model), "heads": state_to_cpu(heads)}
     return metrics

@@ -1,24 +1,24 @@
 """Built-in stage ``expert``: one expert per label source, fine-tuned from the amateur weights."""
-from metanet.training import evaluate, linear_head, state_to_cpu, train_classifier
+from metanet.training import averaged, evaluate_split, linear_head, state_to_cpu, train_classifier
 
 
 def run(context):
     cfg, device = context.config, context.device
     sources = context.data.require_sources(cfg["sources"])
     amateur_heads = context.state.get("amateur", {}).get("heads", {})
-    experts, metrics, firsts, lasts = {}, {}, [], []
+    experts, per_source, firsts, lasts = {}, {}, [], []
     for i, (s, split) in enumerate(sources.items()):
         model, origin = context.model_from("amateur")
         head = linear_head(model.num_features, split.num_classes, device)
         if f"{s}.weight" in amateur_heads:  # keep the amateur's head for this source
             head.load_state_dict({"weight": amateur_heads[f"{s}.weight"], "bias": amateur_heads[f"{s}.bias"]})
         log = train_classifier(model, head, split.train, cfg, context.seed + i, device)
-        metrics[f"{s}.acc"] = evaluate(model, head, split.test, device)
+        per_source[s] = evaluate_split(model, head, split, device)
         summary = log.summary()
         firsts.append(summary["train_loss_first"])
         lasts.append(summary["train_loss_last"])
         experts[s] = {"weights": state_to_cpu(model), "head": state_to_cpu(head), "origin": origin}
-    metrics["acc"] = sum(metrics.values()) / len(sources)
+    metrics = averaged(per_source)
     metrics["train_loss_first"] = sum(firsts) / len(firsts)
     metrics["train_loss_last"] = sum(lasts) / len(lasts)
     context.state["expert"] = {"experts": experts}

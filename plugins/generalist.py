@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from metanet.training import (LossLog, evaluate, features, linear_head, make_optimizer, optimizer_step,
-                              source_streams, state_to_cpu)
+from metanet.training import (LossLog, averaged, evaluate_split, features, linear_head, make_optimizer,
+                              optimizer_step, source_streams, state_to_cpu)
 
 
 def run(context):
@@ -49,8 +49,7 @@ def run(context):
             loss = loss + cfg["label_weight"] * F.cross_entropy(s_logits, y) + cfg["logit_weight"] * kd \
                 + cfg["feature_weight"] * F.mse_loss(s_feat, t_feat)
         optimizer_step(opt, loss, log)
-    metrics = {f"{s}.acc": evaluate(student, heads[s], split.test, device) for s, split in sources.items()}
-    metrics["acc"] = sum(metrics.values()) / len(sources)
+    metrics = averaged({s: evaluate_split(student, heads[s], split, device) for s, split in sources.items()})
     metrics.update(log.summary())
     context.state["generalist"] = {"weights": state_to_cpu(student), "heads": state_to_cpu(heads), "origin": origin}
     return metrics

@@ -8,7 +8,7 @@ metric scores a candidate when it is the last scoring stage.
 from metanet.hookspecs import hookimpl
 
 ZERO_COST = {"proxy": "naswot", "batch_size": 32, "source": None}
-AMATEUR = {"epochs": 3, "max_steps": 40, "batch_size": 64, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05,
+AMATEUR = {"epochs": 3, "max_steps": 40, "batch_size": 32, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05,
            "sources": None, "contrastive_weight": 0.5, "temperature": 0.2, "projection_dim": 64}
 EXPERT = {"epochs": 2, "max_steps": 20, "batch_size": 64, "lr": 5e-4, "optimizer": "adamw", "weight_decay": 0.05,
           "sources": None}
@@ -17,7 +17,10 @@ GENERALIST = {"epochs": 2, "max_steps": 30, "batch_size": 64, "lr": 1e-3, "optim
 DOWNSTREAM = {"fraction": 0.1, "epochs": 100, "batch_size": 64, "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-3,
               "optimizer": "sgd", "tasks": None, "backbone": "generalist,amateur",
               "finetune_steps": 0, "finetune_lr": 1e-3,
-              "from_scratch": False, "scratch_epochs": 10, "scratch_max_steps": 60, "scratch_lr": 2e-3}
+              # baselines for INTERN's data-efficiency claim: adapted with 100% of the data, and from scratch on
+              # 100% for scratch_epochs epochs (scratch_max_steps: an optional cap, 0 for none)
+              "adapted_full": False, "from_scratch": False, "scratch_epochs": 30, "scratch_max_steps": 0,
+              "scratch_lr": 2e-3}
 
 
 @hookimpl

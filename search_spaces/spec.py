@@ -49,6 +49,24 @@ def is_attention_op(op: str) -> bool:
     return op in table and table[op].attention
 
 
+# Tokens per side below which attention, XCA, the relative-position bias and LG-DSM degenerate to
+# near-linear maps: a proxy must keep every stage that may hold them at least this large to rank them.
+MIN_ATTENTION_GRID = 2
+
+
+def small_attention_grids(stage_choices, img_size) -> list[str]:
+    """Stages that may hold attention (an attention operator or LG-DSM among ``stage_choices[i]``, a set
+    of operator and downsampling names per stage) but see fewer than 2x2 tokens at ``img_size``."""
+    grids = stage_grids(img_size)
+    out = []
+    for i, names in enumerate(stage_choices):
+        attn = sorted(n for n in names if n == "local_global" or is_attention_op(n))
+        h, w = grids[i + 1]
+        if attn and min(h, w) < MIN_ATTENTION_GRID:
+            out.append(f"s{i} ({h}x{w} tokens; {', '.join(attn)})")
+    return out
+
+
 def stage_key(index: int, field: str) -> str:
     return f"s{index}_{field}"
 

@@ -76,3 +76,80 @@ def test_folder_data_through_the_cli(tmp_path):
     no_tasks = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "arch.json"), "--data", str(tmp_path / "data"),
                                         "--stages", "downstream"])
     assert no_tasks.exit_code == 1 and "has no downstream tasks" in no_tasks.output
+
+
+def _paths(ds):
+    """The image files behind a (possibly nested) Subset of an ImageFolder."""
+    from torch.utils.data import Subset
+    if isinstance(ds, Subset):
+        inner = _paths(ds.dataset)
+        return [inner[i] for i in ds.indices]
+    return [p for p, _ in ds.samples]
+
+
+def test_validation_is_carved_from_train_stratified_and_disjoint_from_test(tmp_path):
+    from metanet.data import load_data
+    from metanet.plugin_manager import registry
+    for c in ("cat", "dog", "owl"):
+        _images(tmp_path / "downstream" / "pets" / c, n=20)
+    data = load_data(registry(), f"folder:{tmp_path}", 8, seed=3, val_fraction=0.25)
+    split = data.tasks["pets"]
+    train, val, test = (set(_paths(getattr(split, part))) for part in ("train", "val", "test"))
+    # every image in exactly one part: the score (val) and the test score never share an image
+    assert not (train & val) and not (train & test) and not (val & test)
+    assert len(train | val | test) == 60
+    # stratified: a quarter of each class's training images
+    labels = split.labels("val")
+    full = torch.cat([split.labels("train"), labels])
+    for c in range(3):
+        assert int((labels == c).sum()) == round(0.25 * int((full == c).sum()))
+    again = load_data(registry(), f"folder:{tmp_path}", 8, seed=3, val_fraction=0.25).tasks["pets"]
+    assert _paths(again.val) == _paths(split.val)
+
+
+def test_a_given_val_folder_is_used_as_is(tmp_path):
+    from metanet.data import load_data
+    from metanet.plugin_manager import registry
+    for c in ("cat", "dog"):
+        _images(tmp_path / "downstream" / "pets" / "train" / c)
+        _images(tmp_path / "downstream" / "pets" / "val" / c, n=3)
+        _images(tmp_path / "downstream" / "pets" / "test" / c, n=2)
+    split = load_data(registry(), f"folder:{tmp_path}", 8, seed=0).tasks["pets"]
+    assert len(split.train) == 8 and len(split.val) == 6 and len(split.test) == 4
+    assert all("/val/" in p for p in _paths(split.val))
+
+
+def test_a_fixed_subset_list_is_used_verbatim_by_downstream(tmp_path):
+    from conftest import tiny_spec_dict
+    from metanet.data import load_data
+    from metanet.plugin_manager import registry
+    from metanet.search_spaces.spec import ArchSpec
+    from metanet.stages import evaluate_candidate
+    task = tmp_path / "downstream" / "pets"
+    for c in ("cat", "dog"):
+        _images(task / c, n=15)
+    listed = ["cat/0.png", "cat/1.png", "dog/0.png", "dog/5.png", "dog/7.png"]
+    (task / "train_10pct.txt").write_text("# GV-B style list\n" + "\n".join(f"{p} 0" for p in listed) + "\n")
+    split = load_data(registry(), f"folder:{tmp_path}", 8, seed=0).tasks["pets"]
+    picked = {_paths(split.train)[i] for i in split.subsets[0.1]}
+    # the listed images stay in train (neither the test nor the validation carve takes them)
+    assert picked == {str(task / p) for p in listed}
+    data = load_data(registry(), f"folder:{tmp_path}", 8, seed=0)
+    result = evaluate_candidate(ArchSpec.from_dict(tiny_spec_dict()), ["downstream"], data,
+                                config={"downstream": {"epochs": 2}})
+    assert result.status == "ok", result.error
+    assert result.metrics["downstream.pets.labels_used"] == 5
+    assert result.metrics["downstream.pets.fixed_subset"] == 1
+
+
+@pytest.mark.parametrize("content, words", [
+    ("cat/0.png\ncat/nope.png\n", "train_10pct.txt:2: 'cat/nope.png' is not an image"),
+    ("# nothing\n", "train_10pct.txt: lists no image"),
+])
+def test_bad_subset_lists_are_named(tmp_path, content, words):
+    task = tmp_path / "downstream" / "pets"
+    for c in ("cat", "dog"):
+        _images(task / c, n=6)
+    (task / "train_10pct.txt").write_text(content)
+    with pytest.raises(DataError, match=words):
+        load_folder_bundle(tmp_path, resolution=8)

@@ -20,7 +20,7 @@ ALL_STAGES = ["zero-cost", "amateur", "expert", "generalist", "downstream"]
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_digits_bundle(24)
+    return load_digits_bundle(24).with_validation(0.2, seed=0)
 
 
 def test_digits_bundle_sources_and_held_out_task(digits):
@@ -55,15 +55,51 @@ def test_a_candidate_runs_through_every_stage(space, digits):
     assert result.metrics["downstream.heldout_digits.labels_used"] == pytest.approx(0.1 * n_train, abs=3)
 
 
-def test_downstream_from_scratch_baseline_and_finetune(digits):
+def test_downstream_data_efficiency_baselines(digits):
+    # INTERN's comparison: adapted with 10% against the same backbone adapted with 100%, and against the
+    # architecture trained from scratch on 100% for a schedule in epochs (it grows with the data).
     spec = ArchSpec.from_dict(tiny_spec_dict())
     result = evaluate_candidate(spec, ["downstream"], digits, seed=0, config={"downstream": {
-        "epochs": 20, "from_scratch": True, "scratch_max_steps": 10, "finetune_steps": 5}})
+        "epochs": 20, "from_scratch": True, "scratch_epochs": 2, "adapted_full": True, "finetune_steps": 5}})
     assert result.status == "ok", result.error
     m = result.metrics
-    assert {"downstream.scratch_acc", "downstream.adapted_minus_scratch", "downstream.heldout_digits.finetune_acc"} <= set(m)
-    assert m["downstream.adapted_minus_scratch"] == pytest.approx(m["downstream.acc"] - m["downstream.scratch_acc"])
+    task = digits.tasks["heldout_digits"]
+    assert m["downstream.heldout_digits.scratch100_steps"] == math.ceil(2 * len(task.train) / 64)
+    for split in ("", "test_"):
+        assert m[f"downstream.{split}adapted10_minus_scratch100"] == pytest.approx(
+            m[f"downstream.{split}acc"] - m[f"downstream.{split}scratch100_acc"])
+        assert m[f"downstream.{split}adapted10_minus_adapted100"] == pytest.approx(
+            m[f"downstream.{split}acc"] - m[f"downstream.{split}adapted100_acc"])
+    assert "downstream.heldout_digits.finetune_acc" in m
+    assert m["downstream.heldout_digits.labels_used"] == pytest.approx(0.1 * len(task.train), abs=3)
     assert result.state["downstream"]["backbone"] == "init"
+
+
+def test_score_is_validation_and_test_score_is_its_test_counterpart(digits):
+    spec = ArchSpec.from_dict(tiny_spec_dict())
+    result = evaluate_candidate(spec, ["zero-cost", "downstream"], digits, seed=0,
+                                score_weights={"downstream.acc": 1.0, "zero-cost.score": 0.001},
+                                config={"downstream": {"epochs": 5}})
+    m = result.metrics
+    assert result.score == pytest.approx(m["downstream.acc"] + 0.001 * m["zero-cost.score"])
+    # the zero-cost score has no test counterpart and enters both as it is
+    assert result.test_score == pytest.approx(m["downstream.test_acc"] + 0.001 * m["zero-cost.score"])
+    assert m["test_score"] == result.test_score
+    # a score with no test counterpart at all has no test score
+    assert evaluate_candidate(spec, ["zero-cost"], digits).test_score is None
+
+
+def test_repeats_average_seeds_and_report_their_spread(digits):
+    from metanet.stages import evaluate_repeated
+    spec = ArchSpec.from_dict(tiny_spec_dict())
+    settings = {"downstream": {"epochs": 5, "finetune_steps": 3}}
+    single = [evaluate_candidate(spec, ["downstream"], digits, config=settings, seed=s) for s in (4, 5)]
+    both = evaluate_repeated(spec, ["downstream"], digits, config=settings, seed=4, repeats=2)
+    scores = [r.score for r in single]
+    assert both.score == pytest.approx(sum(scores) / 2)
+    assert both.metrics["score_std"] == pytest.approx(abs(scores[0] - scores[1]) / math.sqrt(2))
+    assert both.test_score == pytest.approx(sum(r.test_score for r in single) / 2)
+    assert both.metrics["repeats"] == 2
 
 
 @pytest.mark.parametrize("proxy", ["naswot", "grad_norm"])
@@ -117,8 +153,11 @@ def test_evaluate_command(tmp_path):
     result = CliRunner().invoke(cli, ["evaluate", str(path), "--stages", "zero-cost,amateur", "--json",
                                       "--set", "amateur.max_steps=3", "--proxy-resolution", "16"])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["status"] == "ok" and data["score"] == data["metrics"]["amateur.acc"]
+    assert data["test_score"] == data["metrics"]["amateur.test_acc"]
+    # the tiny spec holds attention at s5, which 16px leaves with 1x1 tokens
+    assert "fewer than 2x2 tokens" in result.stderr and "s5 (1x1 tokens" in result.stderr
     bad = CliRunner().invoke(cli, ["evaluate", str(path), "--set", "amateur=3"])
     assert bad.exit_code == 2 and "STAGE.SETTING=VALUE" in bad.output
     assert registry() is not None

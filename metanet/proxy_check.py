@@ -1,0 +1,147 @@
+"""Proxy fidelity: do a search's scores predict what a longer or larger evaluation says?
+
+``metanet proxy-check RUN --top K --set amateur.max_steps=400 ...`` re-evaluates K finished trials
+of a run (its best, and an even spread over the rest of the ranking) with the run's stages and the
+overrides, and reports Kendall's tau and Spearman's rho between the search-time scores and the
+re-evaluated ones (both validation scores). A low tau says the proxy cannot tell these
+architectures apart: make it longer or larger before spending GPU-weeks on a search.
+
+The re-evaluations are a run directory of their own inside the run (``proxy-check-<key>/``, the key
+derived from the overrides): ``metanet results`` reads it, and the same command again resumes it
+(finished re-evaluations are kept, in-flight ones run again).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, RunError
+from .run_dir import RunDir
+from .search_config import SearchConfig, merge_settings
+from .store import OK, RUNNING
+
+MIN_TRIALS = 3
+
+
+@dataclass
+class ProxyCheck:
+    run_dir: Path
+    check_dir: Path
+    kendall_tau: float | None
+    spearman_rho: float | None
+    trials: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kendall_tau": self.kendall_tau, "spearman_rho": self.spearman_rho, "trials": self.trials,
+                "run_dir": str(self.run_dir), "check_dir": str(self.check_dir)}
+
+    def table(self) -> str:
+        from .budget import format_flops
+        lines = [f"{'id':>4} {'budget':>7} {'FLOPs':>8} {'search':>8} {'rank':>5} {'recheck':>8} {'rank':>5}"]
+        for t in self.trials:
+            re = "-" if t["recheck_score"] is None else f"{t['recheck_score']:.4f}"
+            lines.append(f"{t['id']:>4} {format_flops(t['budget']):>7} {format_flops(t['flops']):>8} "
+                         f"{t['search_score']:>8.4f} {t['search_rank']:>5} {re:>8} {t['recheck_rank'] or '-':>5}")
+        fmt = (lambda v: "undefined (a constant ranking)" if v is None else f"{v:+.3f}")
+        lines.append(f"Kendall's tau {fmt(self.kendall_tau)}, Spearman's rho {fmt(self.spearman_rho)} "
+                     f"over {sum(t['recheck_score'] is not None for t in self.trials)} trials")
+        return "\n".join(lines)
+
+
+def select_trials(ranked: list[dict], k: int) -> list[dict]:
+    """The best ``ceil(k/2)`` of ``ranked`` (best first), then an even spread over the rest down to the worst."""
+    if k >= len(ranked):
+        return list(ranked)
+    top = math.ceil(k / 2)
+    rest, n = ranked[top:], k - top
+    picks = sorted({round(i * (len(rest) - 1) / (n - 1)) for i in range(n)}) if n > 1 else [len(rest) - 1]
+    return ranked[:top] + [rest[i] for i in picks]
+
+
+def rank_correlations(x: list[float], y: list[float]) -> tuple[float | None, float | None]:
+    """Kendall's tau-b and Spearman's rho (ties averaged); None where a side is constant."""
+    from scipy.stats import kendalltau, spearmanr
+    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None, None
+    tau = float(kendalltau(x, y).statistic)
+    rho = float(spearmanr(x, y).statistic)
+    return (tau if math.isfinite(tau) else None), (rho if math.isfinite(rho) else None)
+
+
+def check_config(cfg: SearchConfig, sets: dict[str, dict], proxy_resolution: int | None,
+                 repeats: int | None) -> SearchConfig:
+    """The run's config with the overrides: same stages, data, split and score; a longer/larger schedule."""
+    from .plugin_manager import registry
+    from .stages import check_stages
+    unknown = [s for s in sets if s not in cfg.stages]
+    if unknown:
+        raise ConfigError(f"set: stage {unknown[0]!r} is not among the run's stages {','.join(cfg.stages)}",
+                          param="set")
+    settings = merge_settings(cfg.settings, sets)
+    check_stages(registry(cfg.plugins), cfg.stages, settings)
+    return replace(cfg, settings=settings, proxy_resolution=proxy_resolution or cfg.proxy_resolution,
+                   repeats=repeats or cfg.repeats, engine="sequential", out=None)
+
+
+def _key(cfg: SearchConfig) -> str:
+    what = {"settings": cfg.settings, "proxy_resolution": cfg.proxy_resolution, "repeats": cfg.repeats}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def proxy_check(run_dir: str | Path, top: int, sets: dict[str, dict] | None = None,
+                proxy_resolution: int | None = None, repeats: int | None = None, budget: int | None = None,
+                echo=lambda *_: None) -> ProxyCheck:
+    from .search_spaces.spec import ArchSpec
+    from .trial import evaluate_spec, trial_settings
+
+    if top < MIN_TRIALS:
+        raise ConfigError(f"top: need at least {MIN_TRIALS} trials to correlate rankings, got {top}", param="top")
+    run = RunDir.open(run_dir)
+    cfg = run.config
+    if budget is not None and budget not in cfg.flops:
+        raise ConfigError(f"flops: the run has no budget {budget} (budgets: {', '.join(map(str, cfg.flops))})",
+                          param="flops")
+    check_cfg = check_config(cfg, sets or {}, proxy_resolution, repeats)
+    rows = [r for r in run.ranked(budget, status=OK, store=run.read_store()) if r["score"] is not None]
+    if len(rows) < MIN_TRIALS:
+        raise RunError(f"{run.path}: {len(rows)} finished trial(s); proxy-check needs at least {MIN_TRIALS}")
+    chosen = select_trials(rows, top)
+
+    check_dir = run.path / f"proxy-check-{_key(check_cfg)}"
+    if (check_dir / RunDir.CONFIG).exists():
+        check = RunDir.open(check_dir)
+    else:
+        check = RunDir.create(replace(check_cfg, out=str(check_dir), trials=len(chosen)))
+    store = check.store
+    for row in store.trials(status=RUNNING):  # in flight when a previous check was killed
+        store.delete(row["id"])
+    out = []
+    for i, row in enumerate(chosen, 1):
+        settings = trial_settings(check.config, check.path, row["budget"])
+        echo(f"proxy-check: trial {row['id']} ({i}/{len(chosen)})")
+        _, rechecked = evaluate_spec(ArchSpec.from_dict(row["spec"]), settings)
+        full = {r["id"]: r for r in store.trials(row["budget"])}.get(rechecked["id"], {})
+        out.append({"id": row["id"], "budget": row["budget"], "flops": row["flops"], "spec": row["spec"],
+                    "search_score": row["score"], "search_test_score": row.get("test_score"),
+                    "recheck_id": rechecked["id"], "recheck_status": rechecked["status"],
+                    "recheck_score": rechecked["score"] if rechecked["status"] == OK else None,
+                    "recheck_test_score": full.get("test_score"), "recheck_error": full.get("error")})
+    _ranks(out, "search_score", "search_rank")
+    _ranks(out, "recheck_score", "recheck_rank")
+    pairs = [(t["search_score"], t["recheck_score"]) for t in out if t["recheck_score"] is not None]
+    tau, rho = rank_correlations([p[0] for p in pairs], [p[1] for p in pairs])
+    result = ProxyCheck(run.path, check.path, tau, rho, out)
+    (check.path / "proxy_check.json").write_text(json.dumps(result.to_json(), indent=2))
+    return result
+
+
+def _ranks(rows: list[dict], key: str, into: str) -> None:
+    scored = sorted((r for r in rows if r[key] is not None), key=lambda r: -r[key])
+    for r in rows:
+        r[into] = None
+    for i, r in enumerate(scored, 1):
+        r[into] = i
