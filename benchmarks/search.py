@@ -47,7 +47,8 @@ def main() -> None:
     from metanet.search_config import SearchConfig
     root = Path(tempfile.mkdtemp())
     from metanet.data import load_digits_bundle
-    data = load_digits_bundle(args.proxy_resolution)  # both runs start with the data loaded and imports done
+    # both runs start with the data loaded (validation carved) and imports done
+    data = load_digits_bundle(args.proxy_resolution).with_validation()
 
     def toolkit(trials: int, name: str) -> float:
         cfg = SearchConfig.from_dict({"out": str(root / name), "trials": trials, "stages": ["zero-cost"],

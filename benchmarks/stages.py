@@ -30,7 +30,7 @@ def main() -> None:
     tiny = {"amateur": {"max_steps": 12, "batch_size": 32}, "expert": {"max_steps": 6, "batch_size": 32},
             "generalist": {"max_steps": 8, "batch_size": 32}, "downstream": {"epochs": 40}}
     pm = registry()
-    data = load_digits_bundle(args.proxy_resolution)
+    data = load_digits_bundle(args.proxy_resolution).with_validation()
     spec = sample_within_budget(DEFAULT_SPACE, parse_flops(args.budget), random.Random(args.seed))
     torch.manual_seed(0)
     model = MetaNet(spec, num_classes=0, img_size=args.proxy_resolution)

@@ -389,9 +389,12 @@ def results_cmd(run_dir, top, as_json):
               help="Re-evaluate at this image size (default: the run's).")
 @click.option("--repeats", type=click.IntRange(min=1), default=None,
               help="Seeds per re-evaluation (default: the run's).")
+@click.option("--seed", type=int, default=None,
+              help="Re-evaluate with this seed (data split and initialisation; default: the run's). With no other "
+                   "change: the noise ceiling, how well the proxy agrees with itself.")
 @budget_option("Only the trials of this budget of the run (e.g. 300M).")
 @json_option
-def proxy_check_cmd(run_dir, top, sets, proxy_resolution, repeats, budget, as_json):
+def proxy_check_cmd(run_dir, top, sets, proxy_resolution, repeats, seed, budget, as_json):
     """Does the search's proxy rank architectures as a longer/larger evaluation does?
 
     Re-evaluates K finished trials of RUN_DIR with the run's stages and the --set overrides
@@ -402,8 +405,7 @@ def proxy_check_cmd(run_dir, top, sets, proxy_resolution, repeats, budget, as_js
     from .proxy_check import proxy_check
     from .search_config import parse_sets
     _registry()
-    result = proxy_check(run_dir, top, parse_sets(sets), proxy_resolution, repeats,
-                         budget,
+    result = proxy_check(run_dir, top, parse_sets(sets), proxy_resolution, repeats, budget, seed,
                          echo=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)))
     if as_json:
         return _emit_json(result.to_json())

@@ -73,8 +73,10 @@ def rank_correlations(x: list[float], y: list[float]) -> tuple[float | None, flo
 
 
 def check_config(cfg: SearchConfig, sets: dict[str, dict], proxy_resolution: int | None,
-                 repeats: int | None) -> SearchConfig:
-    """The run's config with the overrides: same stages, data, split and score; a longer/larger schedule."""
+                 repeats: int | None, seed: int | None = None) -> SearchConfig:
+    """The run's config with the overrides: same stages, data and score; a longer/larger schedule, or
+    (``seed``) the same proxy with another data split and initialisation, whose agreement with the
+    search is the most any proxy of this noise level can show."""
     from .plugin_manager import registry
     from .stages import check_stages
     unknown = [s for s in sets if s not in cfg.stages]
@@ -84,17 +86,19 @@ def check_config(cfg: SearchConfig, sets: dict[str, dict], proxy_resolution: int
     settings = merge_settings(cfg.settings, sets)
     check_stages(registry(cfg.plugins), cfg.stages, settings)
     return replace(cfg, settings=settings, proxy_resolution=proxy_resolution or cfg.proxy_resolution,
-                   repeats=repeats or cfg.repeats, engine="sequential", out=None)
+                   repeats=repeats or cfg.repeats, seed=cfg.seed if seed is None else seed, engine="sequential",
+                   out=None)
 
 
 def _key(cfg: SearchConfig) -> str:
-    what = {"settings": cfg.settings, "proxy_resolution": cfg.proxy_resolution, "repeats": cfg.repeats}
+    what = {"settings": cfg.settings, "proxy_resolution": cfg.proxy_resolution, "repeats": cfg.repeats,
+            "seed": cfg.seed}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def proxy_check(run_dir: str | Path, top: int, sets: dict[str, dict] | None = None,
                 proxy_resolution: int | None = None, repeats: int | None = None, budget: int | None = None,
-                echo=lambda *_: None) -> ProxyCheck:
+                seed: int | None = None, echo=lambda *_: None) -> ProxyCheck:
     from .search_spaces.spec import ArchSpec
     from .trial import evaluate_spec, trial_settings
 
@@ -105,7 +109,7 @@ def proxy_check(run_dir: str | Path, top: int, sets: dict[str, dict] | None = No
     if budget is not None and budget not in cfg.flops:
         raise ConfigError(f"flops: the run has no budget {budget} (budgets: {', '.join(map(str, cfg.flops))})",
                           param="flops")
-    check_cfg = check_config(cfg, sets or {}, proxy_resolution, repeats)
+    check_cfg = check_config(cfg, sets or {}, proxy_resolution, repeats, seed)
     rows = [r for r in run.ranked(budget, status=OK, store=run.read_store()) if r["score"] is not None]
     if len(rows) < MIN_TRIALS:
         raise RunError(f"{run.path}: {len(rows)} finished trial(s); proxy-check needs at least {MIN_TRIALS}")

@@ -145,6 +145,13 @@ def test_proxy_check_correlates_search_scores_with_a_re_evaluation(tmp_path):
     assert json.loads(CliRunner().invoke(cli, args).stdout) == data
     table = CliRunner().invoke(cli, args[:-1]).stdout
     assert "Kendall's tau" in table and "Spearman's rho" in table
+    # --seed: the same proxy with another split and initialisation (its own re-evaluations)
+    other = json.loads(CliRunner().invoke(cli, ["proxy-check", str(run.path), "--top", "4", "--seed", "5",
+                                                "--json"]).stdout)
+    assert other["check_dir"] != data["check_dir"]
+    spec = ArchSpec.from_dict(other["trials"][0]["spec"])
+    direct = evaluate_repeated(spec, ["zero-cost"], load_data(registry(), "digits", 16, 5, 0.2), seed=5)
+    assert other["trials"][0]["recheck_score"] == pytest.approx(direct.score)
 
 
 @pytest.mark.parametrize("args, words", [
