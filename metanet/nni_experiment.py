@@ -114,12 +114,60 @@ def budget_filter(cfg_space, budget: int, cfg, store: TrialStore):
     return keep
 
 
-def training_service_config(cfg):
-    """NNI's ``local`` training service, or ``remote`` over SSH from a file listing the machines."""
-    if cfg.training_service == "local":
-        return "local"
-    from .remote import remote_service_config
-    return remote_service_config(cfg.training_service)
+def local_gpu_count() -> int:
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_gpus(cfg, local_gpus: int) -> tuple[int | None, str | None]:
+    """GPUs per trial for NNI (None: NNI leaves GPUs as they are) and a note for the user.
+
+    The user's number when given; otherwise one per trial on a local machine with GPUs and none
+    without (NNI would hide nothing), and NNI's own view on remote machines, which this one cannot
+    see. NNI's 0 hides every GPU from a trial, so it is never chosen where there are GPUs.
+    """
+    if cfg.gpus_per_trial is not None:
+        if cfg.gpus_per_trial > 0 and cfg.training_service == "local" and local_gpus == 0:
+            from .errors import ConfigError
+            raise ConfigError(f"gpus_per_trial: {cfg.gpus_per_trial} GPU(s) per trial, but this machine has no GPU "
+                              "(NNI would wait for one forever)", param="gpus_per_trial")
+        return cfg.gpus_per_trial, None
+    if cfg.training_service != "local":
+        return None, None
+    if local_gpus:
+        return 1, None
+    return 0, "note: no GPU on this machine: trials run on CPU"
+
+
+def experiment_config(cfg, trials: int, local_gpus: int | None = None):
+    """NNI's experiment config: the sequential engine, or the training-service engine on the local
+    machine or on the machines of ``--training-service``, with NNI assigning GPUs to trials."""
+    with quiet():
+        from nni.nas.experiment import NasExperimentConfig
+    if cfg.engine == "sequential":
+        config = NasExperimentConfig("sequential", "simplified")
+    else:
+        remote = cfg.training_service != "local"
+        config = NasExperimentConfig("ts", "simplified", "remote" if remote else "local")
+        if remote:
+            from .remote import remote_service_config
+            remote_service_config(cfg.training_service, config.training_service)
+        gpus, _ = resolve_gpus(cfg, local_gpu_count() if local_gpus is None else local_gpus)
+        if gpus is not None:
+            config.training_service.trial_gpu_number = gpus
+            if gpus:
+                # NNI's default rejects a GPU any process uses: a desktop's display would stall every trial
+                if not remote:
+                    config.training_service.use_active_gpu = True
+                    config.training_service.max_trial_number_per_gpu = cfg.trials_per_gpu
+                else:
+                    for m in config.training_service.machine_list:
+                        m.max_trial_number_per_gpu = cfg.trials_per_gpu
+                        if m.use_active_gpu is None:
+                            m.use_active_gpu = True
+        config.trial_concurrency = cfg.concurrency
+    config.max_trial_number = trials
+    return config
 
 
 def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: TrialStore, echo,
@@ -127,7 +175,7 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
     """One NNI experiment of ``trials`` trials for ``budget``; trials write to the store themselves."""
     with quiet():
         from nni.nas.evaluator import FunctionalEvaluator
-        from nni.nas.experiment import NasExperiment, NasExperimentConfig
+        from nni.nas.experiment import NasExperiment
         from nni.nas.strategy.middleware import Chain, Deduplication, Filter
 
         from .search_spaces.nni_space import BudgetModelSpace, UnifiedSpace
@@ -151,14 +199,9 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
     warm_start(strategy, store, budget)
     chain = Chain(strategy, Deduplication("replay"), screen)
     evaluator = FunctionalEvaluator(nni_trial, settings=settings)
-    if cfg.engine == "sequential":
-        config = NasExperimentConfig("sequential", "simplified")
-    else:
-        config = NasExperimentConfig("ts", "simplified", training_service_config(cfg))
-        config.trial_concurrency = cfg.concurrency
-        config.trial_gpu_number = 0
+    config = experiment_config(cfg, trials)
+    if cfg.engine != "sequential":
         echo(f"NNI web UI: http://localhost:{cfg.port} (budget {format_flops(budget)})")
-    config.max_trial_number = trials
     exp = NasExperiment(model_space, evaluator, chain, config=config)
     try:
         with warnings.catch_warnings():

@@ -30,6 +30,7 @@ def check_config(cfg: SearchConfig):
     _lookup("strategy", pm.strategy, cfg.strategy)
     space = _lookup("space", get_space, cfg.space)
     check_stages(pm, cfg.stages, cfg.settings)
+    check_engine(cfg)
     from .search_spaces.budget_space import budget_space
     for b in cfg.flops:
         try:
@@ -45,6 +46,23 @@ def check_config(cfg: SearchConfig):
         if cfg.budget_mode != "project":
             budget_space(space, b, cfg.band, cfg.resolution)  # raises its own one-line error
     return space
+
+
+def check_engine(cfg: SearchConfig) -> str | None:
+    """Training-service options that need ``--engine ts``, the machines file and the GPUs asked for,
+    checked before the run directory exists; returns the note to print about GPUs, if any."""
+    if cfg.engine == "sequential":
+        for name, value, default in (("training_service", cfg.training_service, "local"),
+                                     ("gpus_per_trial", cfg.gpus_per_trial, None)):
+            if value != default:
+                raise ConfigError(f"{name}: needs --engine ts (the sequential engine runs trials in this process)",
+                                  param=name)
+        return None
+    from .nni_experiment import local_gpu_count, resolve_gpus
+    if cfg.training_service != "local":
+        from .remote import load_machines_file
+        load_machines_file(cfg.training_service)
+    return resolve_gpus(cfg, local_gpu_count())[1]
 
 
 def attention_grid_warning(cfg: SearchConfig, space) -> str | None:
@@ -92,6 +110,9 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool | None = 
     warning = attention_grid_warning(cfg, space)
     if warning:
         echo(f"warning: {warning}")
+    note = check_engine(cfg)
+    if note:
+        echo(note)
     try:
         for budget in cfg.flops:
             settings = trial_settings(cfg, run.path, budget)

@@ -49,6 +49,11 @@ def _integer(minimum: int, maximum: float = math.inf) -> Callable:
     return parse
 
 
+def _optional_integer(minimum: int) -> Callable:
+    parse = _integer(minimum)
+    return lambda value, name: None if value is None else parse(value, name)
+
+
 def _number(value, name):
     try:
         out = float(value) if not isinstance(value, bool) else math.nan
@@ -202,6 +207,11 @@ class SearchConfig:
                          "sequential: in-process; ts: NNI training service, trials as processes.", "--engine",
                          type="choice:" + ",".join(ENGINES))
     concurrency: int = option(1, _integer(1), "Parallel trials (ts engine).", "--concurrency", type="int>=1")
+    gpus_per_trial: int | None = option(None, _optional_integer(0), "GPUs NNI assigns to each trial (ts engine; "
+                                        "default: 1 where this machine has GPUs, else 0; on remote machines NNI "
+                                        "leaves GPUs as they are).", "--gpus-per-trial", type="int>=0")
+    trials_per_gpu: int = option(1, _integer(1), "Trials NNI may place on one GPU (ts engine).", "--trials-per-gpu",
+                                 type="int>=1")
     port: int = option(8080, _integer(1, 65535), "NNI web UI port (ts engine).", "--port", type="port")
     training_service: str = option("local", _text, "local, or a YAML/JSON file listing remote machines "
                                    "(NNI remote over SSH).", "--training-service")

@@ -321,3 +321,45 @@ def test_remote_machines_file_is_validated(tmp_path):
         bad.write_text(text)
         with pytest.raises(RemoteConfigError, match=words):
             remote_service_config(bad)
+
+
+def test_gpus_per_trial_reach_nni_and_zero_is_never_forced_on_gpus(tmp_path):
+    from metanet.nni_experiment import experiment_config, resolve_gpus
+    cfg = SearchConfig.from_dict({**CHEAP, "engine": "ts", "concurrency": 2, "gpus_per_trial": 1,
+                                  "trials_per_gpu": 2})
+    service = experiment_config(cfg, 3, local_gpus=2).canonical_copy().training_service
+    assert service.trial_gpu_number == 1 and service.max_trial_number_per_gpu == 2 and service.use_active_gpu
+    auto = SearchConfig.from_dict({**CHEAP, "engine": "ts"})
+    assert resolve_gpus(auto, local_gpus=4) == (1, None)  # a GPU machine: one per trial, never hidden
+    gpus, note = resolve_gpus(auto, local_gpus=0)
+    assert gpus == 0 and "no GPU on this machine" in note
+    assert experiment_config(auto, 3, local_gpus=4).canonical_copy().training_service.trial_gpu_number == 1
+    # this machine has no GPU: asking for one is an error before any run directory exists
+    result = CliRunner().invoke(cli, ["search", "--engine", "ts", "--gpus-per-trial", "1", "--out",
+                                      str(tmp_path / "run")])
+    assert result.exit_code == 2 and "this machine has no GPU" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_service_options_need_the_ts_engine(tmp_path):
+    result = CliRunner().invoke(cli, ["search", "--training-service", "machines.yaml", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "training_service: needs --engine ts" in result.output
+    missing = CliRunner().invoke(cli, ["search", "--engine", "ts", "--training-service", str(tmp_path / "none.yaml"),
+                                       "--out", str(tmp_path / "r")])
+    assert missing.exit_code == 1 and "none.yaml" in missing.output and not (tmp_path / "r").exists()
+
+
+def test_remote_config_takes_the_interpreter_or_its_folder_and_the_manager_address(tmp_path):
+    from metanet.nni_experiment import experiment_config
+    key = tmp_path / "id_ed25519"
+    key.write_text("not a real key")
+    machines = tmp_path / "machines.yaml"
+    machine = "{{host: 127.0.0.1, port: {}, user: ml, ssh_key_file: %s, python_path: {}}}" % key
+    machines.write_text("nni_manager_ip: 127.0.0.1\nmachines:\n  - " + machine.format(2222, "/opt/v/bin/python")
+                        + "\n  - " + machine.format(2223, "/opt/v/bin") + "\n")
+    cfg = SearchConfig.from_dict({**CHEAP, "engine": "ts", "training_service": str(machines)})
+    config = experiment_config(cfg, 2, local_gpus=0)
+    service = config.canonical_copy().training_service
+    assert service.platform == "remote" and service.nni_manager_ip == "127.0.0.1"
+    assert [m.python_path for m in service.machine_list] == ["/opt/v/bin", "/opt/v/bin"]
+    assert [m.port for m in service.machine_list] == [2222, 2223]
