@@ -137,6 +137,53 @@ class LossLog:
                 "train_steps": float(len(self.values))}
 
 
+SCHEDULES = ("cosine", "constant")
+
+
+class Schedule:
+    """How the stages train: an optimiser with weight decay on weights only (not on norms, biases or
+    other 1-D parameters, timm's ``param_groups_weight_decay``), a learning rate warmed up linearly over
+    ``warmup`` (a fraction of the steps) then cosine-decayed to ``lr * min_lr_ratio`` (timm's
+    ``CosineLRScheduler``, per step), and gradients clipped to norm ``clip_grad`` (0: off).
+    """
+
+    def __init__(self, modules: list[nn.Module], cfg: dict, steps: int, lr: float | None = None):
+        from timm.optim import param_groups_weight_decay
+        from timm.scheduler import CosineLRScheduler
+        schedule = cfg.get("schedule", "constant")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        warmup = float(cfg.get("warmup", 0.0))
+        if not 0 <= warmup < 1:
+            raise ValueError(f"warmup: expected a fraction of the steps in [0, 1), got {warmup}")
+        lr = cfg["lr"] if lr is None else lr
+        self.modules = nn.ModuleList(modules)
+        groups = param_groups_weight_decay(self.modules, cfg.get("weight_decay", 0.0))
+        self.opt = make_optimizer(groups, cfg.get("optimizer", "adamw"), lr, 0.0, cfg.get("momentum", 0.9))
+        self.clip = float(cfg.get("clip_grad", 0.0))
+        self.scheduler = None
+        if schedule == "cosine":
+            self.scheduler = CosineLRScheduler(self.opt, t_initial=max(1, steps),
+                                               lr_min=lr * cfg.get("min_lr_ratio", 0.01), warmup_t=int(warmup * steps),
+                                               warmup_lr_init=lr * 0.01, warmup_prefix=True, t_in_epochs=False)
+        self.updates = 0
+
+    def step(self, loss: torch.Tensor, log: "LossLog") -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.modules.parameters(), self.clip)
+        self.opt.step()
+        self.updates += 1
+        if self.scheduler is not None:
+            self.scheduler.step_update(self.updates)
+        log.add(loss)
+
+    @property
+    def lr(self) -> float:
+        return self.opt.param_groups[0]["lr"]
+
+
 def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, log: LossLog) -> None:
     """One step of every training loop here: clear, backpropagate, update, record the loss."""
     opt.zero_grad(set_to_none=True)
@@ -168,15 +215,13 @@ def train_classifier(model: nn.Module, head: nn.Module, ds: Dataset, cfg: dict, 
     """Supervised training of backbone + head with cross entropy; returns the loss log."""
     model.train()
     head.train()
-    params = [*model.parameters(), *head.parameters()]
-    opt = make_optimizer(params, cfg.get("optimizer", "adamw"), lr if lr is not None else cfg["lr"],
-                         cfg.get("weight_decay", 0.0))
     steps = total_steps(len(ds), cfg["batch_size"], epochs if epochs is not None else cfg["epochs"],
                         max_steps if max_steps is not None else cfg.get("max_steps"))
+    schedule = Schedule([model, head], cfg, steps, lr)
     stream = batches(ds, cfg["batch_size"], seed, device)
     log = LossLog()
     for _ in range(steps):
         x, y = next(stream)
-        loss = F.cross_entropy(head(features(model, x)), y)
-        optimizer_step(opt, loss, log)
+        loss = F.cross_entropy(head(features(model, x)), y, label_smoothing=cfg.get("label_smoothing", 0.0))
+        schedule.step(loss, log)
     return log

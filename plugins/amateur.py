@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from metanet.training import (LossLog, augment, averaged, evaluate_split, features, linear_head, make_optimizer,
-                              nt_xent, optimizer_step, source_streams, state_to_cpu)
+from metanet.training import (LossLog, Schedule, augment, averaged, evaluate_split, features, linear_head, nt_xent,
+                              source_streams, state_to_cpu)
 
 
 def run(context):
@@ -20,9 +20,8 @@ def run(context):
     nf = model.num_features
     heads = nn.ModuleDict({s: linear_head(nf, split.num_classes, device) for s, split in sources.items()})
     proj = nn.Sequential(nn.Linear(nf, nf // 2), nn.ReLU(), nn.Linear(nf // 2, cfg["projection_dim"])).to(device)
-    params = [*model.parameters(), *heads.parameters(), *proj.parameters()]
-    opt = make_optimizer(params, cfg["optimizer"], cfg["lr"], cfg["weight_decay"])
     streams, steps = source_streams(sources, cfg, context.seed, device)
+    schedule = Schedule([model, heads, proj], cfg, steps)
     g = torch.Generator().manual_seed(context.seed)
     log = LossLog()
     for _ in range(steps):
@@ -31,12 +30,12 @@ def run(context):
         for s, stream in streams.items():
             x, y = next(stream)
             images = x if images is None else images
-            loss = loss + F.cross_entropy(heads[s](features(model, x)), y)
+            loss = loss + F.cross_entropy(heads[s](features(model, x)), y, label_smoothing=cfg["label_smoothing"])
         if cfg["contrastive_weight"] > 0:
             z1 = proj(features(model, augment(images, g)))
             z2 = proj(features(model, augment(images, g)))
             loss = loss + cfg["contrastive_weight"] * nt_xent(z1, z2, cfg["temperature"])
-        optimizer_step(opt, loss, log)
+        schedule.step(loss, log)
     metrics = averaged({s: evaluate_split(model, heads[s], split, device) for s, split in sources.items()})
     metrics.update(log.summary())
     context.state["amateur"] = {"weights": state_to_cpu(model), "heads": state_to_cpu(heads)}

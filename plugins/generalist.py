@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from metanet.training import (LossLog, averaged, evaluate_split, features, linear_head, make_optimizer,
-                              optimizer_step, source_streams, state_to_cpu)
+from metanet.training import (LossLog, Schedule, averaged, evaluate_split, features, linear_head, source_streams,
+                              state_to_cpu)
 
 
 def run(context):
@@ -32,8 +32,8 @@ def run(context):
         th.load_state_dict(experts[s]["head"])
         teacher_heads[s] = th.eval().requires_grad_(False)
         heads[s] = copy.deepcopy(th).requires_grad_(True).train()  # the student's head starts from the expert's
-    opt = make_optimizer([*student.parameters(), *heads.parameters()], cfg["optimizer"], cfg["lr"], cfg["weight_decay"])
     streams, steps = source_streams(sources, cfg, context.seed, device)
+    schedule = Schedule([student, heads], cfg, steps)
     t = cfg["temperature"]
     log = LossLog()
     for _ in range(steps):
@@ -46,9 +46,10 @@ def run(context):
             s_feat = features(student, x)
             s_logits = heads[s](s_feat)
             kd = F.kl_div(F.log_softmax(s_logits / t, -1), F.softmax(t_logits / t, -1), reduction="batchmean") * t * t
-            loss = loss + cfg["label_weight"] * F.cross_entropy(s_logits, y) + cfg["logit_weight"] * kd \
+            ce = F.cross_entropy(s_logits, y, label_smoothing=cfg["label_smoothing"])
+            loss = loss + cfg["label_weight"] * ce + cfg["logit_weight"] * kd \
                 + cfg["feature_weight"] * F.mse_loss(s_feat, t_feat)
-        optimizer_step(opt, loss, log)
+        schedule.step(loss, log)
     metrics = averaged({s: evaluate_split(student, heads[s], split, device) for s, split in sources.items()})
     metrics.update(log.summary())
     context.state["generalist"] = {"weights": state_to_cpu(student), "heads": state_to_cpu(heads), "origin": origin}

@@ -182,3 +182,26 @@ def test_downstream_tasks_are_independent_of_each_other(digits):
         for key in ("probe_acc", "finetune_acc", "acc", "labels_used"):
             assert together[f"downstream.{name}.{key}"] == alone[f"downstream.{name}.{key}"]
             assert reversed_order[f"downstream.{name}.{key}"] == alone[f"downstream.{name}.{key}"]
+
+
+def test_schedule_warms_up_decays_clips_and_spares_norms_from_weight_decay():
+    import torch.nn as nn
+
+    from metanet.training import LossLog, Schedule
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    cfg = {"lr": 0.1, "optimizer": "sgd", "weight_decay": 0.05, "schedule": "cosine", "warmup": 0.2,
+           "min_lr_ratio": 0.01, "clip_grad": 0.5}
+    schedule = Schedule([model], cfg, steps=10)
+    decays = {p.ndim: g["weight_decay"] for g in schedule.opt.param_groups for p in g["params"]}
+    assert decays == {2: 0.05, 1: 0.0}  # weights decay; biases and the norm's parameters do not
+    lrs, log = [], LossLog()
+    for _ in range(10):
+        lrs.append(schedule.lr)
+        loss = model(torch.randn(16, 4) * 100).pow(2).mean()
+        schedule.step(loss, log)
+        grad = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+        assert grad <= 0.5 + 1e-4  # clipped
+    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(0.1)  # warmup over 2 of 10 steps
+    assert lrs[2] > lrs[5] > lrs[9] > 0.1 * 0.01  # cosine decay toward lr * min_lr_ratio
+    with pytest.raises(ValueError, match="schedule: expected one of cosine, constant"):
+        Schedule([model], {**cfg, "schedule": "step"}, steps=10)
