@@ -30,6 +30,64 @@ from .errors import DataError
 
 
 DEFAULT_VAL_FRACTION = 0.2
+# Decoding processes per loader of folder data; None: a quarter of the cores, at most 8. Workers only pay
+# where cores are spare: on 2 cores they took them from the training step (-35% images/s, measured by
+# benchmarks/training.py), so there the main process decodes.
+FOLDER_WORKERS: int | None = None
+
+
+def folder_workers() -> int:
+    if FOLDER_WORKERS is not None:
+        return FOLDER_WORKERS
+    return min(8, (os.cpu_count() or 1) // 4)
+
+
+def _mean_std():
+    # one normalisation for the data, the timm config and the export config
+    from metanet.search_spaces.timm_models import EXPORT_MEAN, EXPORT_STD
+    return EXPORT_MEAN, EXPORT_STD
+
+
+class ImageViews(Dataset):
+    """Images of an ImageFolder at ``indices``, decoded on demand with the transform of their use:
+    timm's training transform (random resized crop, flip, colour jitter) to learn from, its
+    evaluation transform (resize keeping the aspect ratio, centre crop) to measure or extract on."""
+
+    def __init__(self, folder, indices, transforms: dict, train: bool):
+        self.folder, self.indices, self.transforms, self.train = folder, list(indices), transforms, train
+        self.workers = folder_workers()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        path, target = self.folder.samples[self.indices[i]]
+        return self.transforms["train" if self.train else "eval"](self.folder.loader(path)), target
+
+    @property
+    def targets(self) -> list[int]:
+        return [self.folder.targets[i] for i in self.indices]
+
+    @property
+    def samples(self) -> list[tuple[str, int]]:
+        return [self.folder.samples[i] for i in self.indices]
+
+    def subset(self, idx, train: bool | None = None) -> "ImageViews":
+        return ImageViews(self.folder, [self.indices[i] for i in idx], self.transforms,
+                          self.train if train is None else train)
+
+    def for_eval(self) -> "ImageViews":
+        return ImageViews(self.folder, self.indices, self.transforms, False)
+
+
+def subset(ds: Dataset, idx) -> Dataset:
+    """``idx`` of ``ds``, keeping image views as views (with their transforms)."""
+    return ds.subset(idx) if isinstance(ds, ImageViews) else Subset(ds, list(idx))
+
+
+def for_eval(ds: Dataset) -> Dataset:
+    """``ds`` as it is measured: image views with the evaluation transform (tensors are unchanged)."""
+    return ds.for_eval() if isinstance(ds, ImageViews) else ds
 
 
 @dataclass
@@ -75,7 +133,8 @@ class Split:
         rest = (~in_val).nonzero().flatten().tolist()
         new_index = {old: new for new, old in enumerate(rest)}
         subsets = {f: [new_index[i] for i in idx] for f, idx in self.subsets.items()}
-        return replace(self, train=Subset(self.train, rest), val=Subset(self.train, sorted(val)), subsets=subsets)
+        return replace(self, train=subset(self.train, rest), val=for_eval(subset(self.train, sorted(val))),
+                       subsets=subsets)
 
 
 @dataclass
@@ -120,6 +179,8 @@ def _select(table, names, where, kind):
 def dataset_labels(ds: Dataset) -> torch.Tensor:
     if isinstance(ds, TensorDataset):
         return ds.tensors[1]
+    if isinstance(ds, ImageViews):
+        return torch.as_tensor(ds.targets, dtype=torch.long)
     if isinstance(ds, Subset):
         return dataset_labels(ds.dataset)[torch.as_tensor(ds.indices)]
     if hasattr(ds, "targets"):
@@ -144,7 +205,8 @@ def load_digits_bundle(resolution: int = 32, seed: int = 0, test_fraction: float
     digits = load_digits()
     images = torch.as_tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
     images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False)
-    images = ((images - 0.5) / 0.5).repeat(1, 3, 1, 1)
+    mean, std = _mean_std()
+    images = ((images - mean[0]) / std[0]).repeat(1, 3, 1, 1)
     target = torch.as_tensor(digits.target, dtype=torch.long)
 
     up = torch.isin(target, torch.tensor(UPSTREAM_DIGITS))
@@ -177,7 +239,7 @@ def _image_loader(path: str):
         raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
 
 
-def _image_folder(path: Path, transform):
+def _image_folder(path: Path, transform=None):
     from torchvision.datasets import ImageFolder
     if not path.is_dir():
         raise DataError(f"{path}: no such folder")
@@ -195,17 +257,21 @@ def _image_folder(path: Path, transform):
     return ds
 
 
-def _folder_split(path: Path, transform, seed: int, test_fraction: float) -> Split:
+def _folder_split(path: Path, transforms: dict, seed: int, test_fraction: float) -> Split:
+    def views(folder, indices=None, train=False):
+        return ImageViews(folder, range(len(folder)) if indices is None else indices, transforms, train)
+
     if (path / "train").is_dir() and (path / "test").is_dir():
-        train = _image_folder(path / "train", transform)
-        test = _image_folder(path / "test", transform)
-        val = _image_folder(path / "val", transform) if (path / "val").is_dir() else None
+        train = _image_folder(path / "train")
+        test = _image_folder(path / "test")
+        val = _image_folder(path / "val") if (path / "val").is_dir() else None
         for name, part in (("test", test), ("val", val)):
             if part is not None and part.classes != train.classes:
                 raise DataError(f"{path}: train/ and {name}/ have different classes")
-        return Split(train, test, len(train.classes), list(train.classes), val,
+        return Split(views(train, train=True), views(test), len(train.classes), list(train.classes),
+                     views(val) if val is not None else None,
                      _subset_lists(path, path / "train", [p for p, _ in train.samples]))
-    full = _image_folder(path, transform)
+    full = _image_folder(path)
     tr, te = _split_indices(len(full), test_fraction, seed)
     tr, te = tr.tolist(), te.tolist()
     listed = set().union(*_listed_paths(path, path))
@@ -213,7 +279,7 @@ def _folder_split(path: Path, transform, seed: int, test_fraction: float) -> Spl
         moved = [i for i in te if os.path.normpath(full.samples[i][0]) in listed]
         te = [i for i in te if i not in set(moved)]
         tr = tr + moved
-    return Split(Subset(full, tr), Subset(full, te), len(full.classes), list(full.classes),
+    return Split(views(full, tr, train=True), views(full, te), len(full.classes), list(full.classes),
                  subsets=_subset_lists(path, path, [full.samples[i][0] for i in tr]))
 
 
@@ -266,12 +332,15 @@ def _subset_lists(task: Path, images: Path, train_paths: list[str]) -> dict[floa
 
 def load_folder_bundle(root: str | os.PathLike, resolution: int = 32, seed: int = 0,
                        test_fraction: float = 0.2) -> DataBundle:
-    from torchvision import transforms
+    from timm.data import create_transform
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
-    transform = transforms.Compose([transforms.Resize((resolution, resolution)), transforms.ToTensor(),
-                                    transforms.Normalize([0.5] * 3, [0.5] * 3)])
+    mean, std = _mean_std()
+    transform = {"train": create_transform(resolution, is_training=True, scale=(0.35, 1.0), hflip=0.5,
+                                           interpolation="bicubic", mean=mean, std=std),
+                 "eval": create_transform(resolution, is_training=False, crop_pct=0.875, interpolation="bicubic",
+                                          mean=mean, std=std)}
     parts = {}
     for part in ("upstream", "downstream"):
         folder = root / part

@@ -7,7 +7,7 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
 
@@ -38,13 +38,26 @@ def total_steps(n_examples: int, batch_size: int, epochs: float, max_steps: int 
     return min(steps, max_steps) if max_steps else steps
 
 
+def loader_options(ds: Dataset, device=None) -> dict:
+    """Worker processes (and pinned memory for a GPU) for data decoded from files; none for tensors."""
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    workers = getattr(ds, "workers", 0)
+    if not workers:
+        return {}
+    return {"num_workers": workers, "pin_memory": torch.device(device or "cpu").type == "cuda"}
+
+
 def batches(ds: Dataset, batch_size: int, seed: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """An endless stream of shuffled batches (reshuffled every epoch)."""
+    """An endless stream of shuffled batches (reshuffled every epoch) from one loader whose workers,
+    if the data has them, live as long as the stream."""
     g = torch.Generator().manual_seed(seed)
+    options = loader_options(ds, device)
+    loader = DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, generator=g, drop_last=True,
+                        persistent_workers=bool(options), **options)
     while True:
-        loader = DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, generator=g, drop_last=True)
         for x, y in loader:
-            yield x.to(device), torch.as_tensor(y).to(device)
+            yield x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
 
 
 def source_streams(sources: dict, cfg: dict, seed: int, device) -> tuple[dict[str, Iterator], int]:
@@ -61,7 +74,7 @@ def evaluate(model: nn.Module, head: nn.Module, ds: Dataset, device, batch_size:
     model.eval()
     head.eval()
     correct = total = 0
-    for x, y in DataLoader(ds, batch_size=batch_size):
+    for x, y in DataLoader(ds, batch_size=batch_size, **loader_options(ds, device)):
         pred = head(features(model, x.to(device))).argmax(-1).cpu()
         correct += int((pred == torch.as_tensor(y)).sum())
         total += len(y)
@@ -90,7 +103,7 @@ def averaged(per_part: dict[str, dict[str, float]]) -> dict[str, float]:
 def extract(model: nn.Module, ds: Dataset, device, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
     xs, ys = [], []
-    for x, y in DataLoader(ds, batch_size=batch_size):
+    for x, y in DataLoader(ds, batch_size=batch_size, **loader_options(ds, device)):
         xs.append(features(model, x.to(device)).cpu())
         ys.append(torch.as_tensor(y))
     return torch.cat(xs), torch.cat(ys)

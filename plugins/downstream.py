@@ -19,8 +19,9 @@ import zlib
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Subset, TensorDataset
+from torch.utils.data import TensorDataset
 
+from metanet.data import for_eval, subset
 from metanet.training import (LossLog, batches, evaluate_split, extract, linear_head, make_optimizer, optimizer_step,
                               train_classifier)
 
@@ -66,8 +67,8 @@ class _Frozen:
 
 def _adapt(model, split, picked, frozen, cfg, seed, device, prefix) -> dict[str, float]:
     """GV-B's adaptation of ``model`` with the images ``picked`` of the task's training set."""
-    few = Subset(split.train, picked)
-    x_tr, y_tr = extract(model, few, device)
+    few = subset(split.train, picked)
+    x_tr, y_tr = extract(model, for_eval(few), device)  # the probe learns on features of unaugmented images
     torch.manual_seed(seed)
     head = linear_head(x_tr.shape[1], split.num_classes, device)
     opt = make_optimizer(head.parameters(), cfg["optimizer"], cfg["lr"], cfg["weight_decay"], cfg["momentum"])

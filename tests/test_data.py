@@ -153,3 +153,35 @@ def test_bad_subset_lists_are_named(tmp_path, content, words):
     (task / "train_10pct.txt").write_text(content)
     with pytest.raises(DataError, match=words):
         load_folder_bundle(tmp_path, resolution=8)
+
+
+def test_folder_images_train_augmented_measure_centre_cropped_with_workers(tmp_path, monkeypatch):
+    # A generated ImageFolder at 64 px through the whole pipeline: timm's train transform (random resized
+    # crop + flip) for what stages learn from, resize + centre crop for val/test, loaders with workers.
+    from conftest import tiny_spec_dict
+    from metanet.data import load_data
+    from metanet.plugin_manager import registry
+    from metanet.search_spaces.spec import ArchSpec
+    from metanet.stages import evaluate_candidate
+    from metanet.training import loader_options
+    monkeypatch.setattr("metanet.data.FOLDER_WORKERS", 1)  # the default is 0 on 2 cores (no spare core)
+    g = torch.Generator().manual_seed(0)
+    for part, classes in (("upstream/shapes", ("a", "b")), ("downstream/pets", ("cat", "dog"))):
+        for c in classes:
+            folder = tmp_path / part / c
+            folder.mkdir(parents=True)
+            for i in range(12):
+                pixels = (torch.rand(40, 56, 3, generator=g) * 255).byte().numpy()  # not square: aspect kept
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    data = load_data(registry(), f"folder:{tmp_path}", 64, seed=0)
+    split = data.sources["shapes"]
+    x1, _ = split.train[0]
+    x2, _ = split.train[0]
+    assert x1.shape == (3, 64, 64) and not torch.equal(x1, x2)  # augmented afresh each time
+    v1, v2 = split.val[0][0], split.val[0][0]
+    assert v1.shape == (3, 64, 64) and torch.equal(v1, v2)  # measured deterministically
+    assert loader_options(split.train)["num_workers"] >= 1
+    result = evaluate_candidate(ArchSpec.from_dict(tiny_spec_dict()), ["amateur", "downstream"], data,
+                                config={"amateur": {"max_steps": 3, "batch_size": 8}, "downstream": {"epochs": 2}})
+    assert result.status == "ok", result.error
+    assert result.metrics["amateur.train_steps"] == 3
