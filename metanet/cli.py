@@ -290,11 +290,14 @@ def warn_small_attention_grids(arch, resolution: int) -> None:
 @config_option("proxy_resolution", default=_search_default("proxy_resolution"))
 @config_option("val_fraction", default=_search_default("val_fraction"))
 @config_option("repeats", default=1)
+@config_option("accelerator", default="auto")
+@config_option("precision", default="32")
 @set_option
 @config_option("score")
 @config_option("seed", default=0)
 @json_option
-def evaluate_cmd(spec, stages, data, proxy_resolution, val_fraction, repeats, sets, score, seed, as_json):
+def evaluate_cmd(spec, stages, data, proxy_resolution, val_fraction, repeats, accelerator, precision, sets, score,
+                 seed, as_json):
     """Run evaluation stages on one architecture and print its metrics and score.
 
     ``score`` comes from the validation splits (what a search optimises), ``test_score`` from the test
@@ -309,11 +312,14 @@ def evaluate_cmd(spec, stages, data, proxy_resolution, val_fraction, repeats, se
     settings, weights, stage_list = parse_sets(sets), parse_score(score), parse_stages(stages)
     warn_small_attention_grids(arch, proxy_resolution)
     bundle = load_data(pm, data, proxy_resolution, seed, val_fraction)
+    from .runtime import Runtime
+    runtime = Runtime.create(accelerator, precision)  # a bad choice fails here, before any work
     result = evaluate_repeated(arch, stage_list, bundle, config=settings, pm=pm, score_weights=weights, seed=seed,
-                               repeats=repeats)
+                               repeats=repeats, accelerator=accelerator, precision=precision)
     if as_json:
         _emit_json({"status": result.status, "score": result.score, "test_score": result.test_score,
-                    "metrics": result.metrics, "seconds": round(result.seconds, 2), "error": result.error})
+                    "metrics": result.metrics, "seconds": round(result.seconds, 2), "error": result.error,
+                    "runtime": runtime.describe()})
     else:
         for k, v in result.metrics.items():
             click.echo(f"{k:<40} {v:.4f}")

@@ -18,6 +18,8 @@ from .budget import parse_budgets, parse_flops
 from .errors import ConfigError
 
 ENGINES = ("sequential", "ts")
+ACCELERATORS = ("auto", "cpu", "cuda")   # as metanet.runtime (kept import-free here)
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 BUDGET_MODES = ("screen", "soft", "project")
 
 
@@ -197,6 +199,10 @@ class SearchConfig:
     val_fraction: float = option(0.2, _fraction, "Share of each training set held out for validation: rewards "
                                  "are computed on it, test sets are only reported.", "--val-fraction",
                                  type="fraction")
+    accelerator: str = option("auto", _choice(ACCELERATORS), "Where trials train (auto: a GPU when the trial "
+                              "sees one).", "--accelerator", type="choice:" + ",".join(ACCELERATORS))
+    precision: str = option("32", _choice(PRECISIONS), "Training precision of the stages (Lightning Fabric's; "
+                            "bf16-mixed also on CPU).", "--precision", type="choice:" + ",".join(PRECISIONS))
     repeats: int = option(1, _integer(1), "Evaluate each candidate with this many seeds; the score is their mean.",
                           "--repeats", type="int>=1")
     resolution: int = option(224, _integer(16), "Deployment resolution at which FLOPs are counted.", "--resolution",

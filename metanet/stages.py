@@ -36,6 +36,7 @@ class StageContext:
     state: dict[str, dict]    # per earlier stage: {"metrics": {...}, "weights": state_dict, ...}
     device: torch.device
     seed: int = 0
+    runtime: Any = None       # the evaluation's metanet.runtime.Runtime (its Fabric: device and precision)
 
     def fresh_model(self) -> nn.Module:
         """A new, randomly initialised copy of the candidate (for from-scratch baselines)."""
@@ -161,19 +162,26 @@ def run_stage(pm: PluginManager, stage: Stage, ctx: StageContext) -> dict[str, f
 def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dict[str, dict] | None = None,
                        pm: PluginManager | None = None, score_weights: dict[str, float] | None = None,
                        seed: int = 0, device: str | torch.device | None = None,
-                       trial: dict[str, Any] | None = None, model: nn.Module | None = None) -> TrialResult:
+                       trial: dict[str, Any] | None = None, model: nn.Module | None = None,
+                       accelerator: str = "auto", precision: str = "32") -> TrialResult:
     """Run ``stages`` in order on ``spec``; never raises for a failing stage (the result says failed).
 
     ``model``: the backbone already built from ``spec`` (no classifier, at the data's resolution, just
-    after ``torch.manual_seed(seed)``), to save building it again.
+    after ``torch.manual_seed(seed)``), to save building it again. ``accelerator`` and ``precision``
+    (``32``, ``bf16-mixed``, ``16-mixed``) set the evaluation's Fabric (:mod:`metanet.runtime`);
+    ``device``, when given, overrides the accelerator.
     """
+    from .runtime import Runtime
     from metanet.search_spaces.metanet import MetaNet
 
     pm = pm or registry()
     configs = check_stages(pm, stages, config)  # the caller's errors: raised before any work
     data = data.with_validation()  # a bundle built by hand: carve the validation sets stages score on
     weights = score_weights or default_score_weights(stages, pm)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device is not None:
+        accelerator = torch.device(device).type
+    runtime = Runtime.create(accelerator, precision)
+    device = runtime.device
     trial = dict(trial or {})
     trial.setdefault("id", 0)
     trial.update(spec=spec.to_dict(), stages=list(stages))
@@ -191,8 +199,9 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
     try:
         for current in stages:
             stage = pm.stage(current)
-            ctx = StageContext(model, spec, data, configs[current], state, device, seed)
-            result = run_stage(pm, stage, ctx)
+            ctx = StageContext(model, spec, data, configs[current], state, device, seed, runtime)
+            with runtime.active():
+                result = run_stage(pm, stage, ctx)
             state.setdefault(current, {})["metrics"] = dict(result)
             metrics.update({f"{current}.{k}": float(v) for k, v in result.items()})
             if stage.trains_backbone and state[current].get("weights") is not None:

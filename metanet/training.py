@@ -104,7 +104,7 @@ def extract(model: nn.Module, ds: Dataset, device, batch_size: int = 256) -> tup
     model.eval()
     xs, ys = [], []
     for x, y in DataLoader(ds, batch_size=batch_size, **loader_options(ds, device)):
-        xs.append(features(model, x.to(device)).cpu())
+        xs.append(features(model, x.to(device)).float().cpu())  # fp32 whatever the autocast
         ys.append(torch.as_tensor(y))
     return torch.cat(xs), torch.cat(ys)
 
@@ -172,20 +172,30 @@ class Schedule:
         lr = cfg["lr"] if lr is None else lr
         self.modules = nn.ModuleList(modules)
         groups = param_groups_weight_decay(self.modules, cfg.get("weight_decay", 0.0))
-        self.opt = make_optimizer(groups, cfg.get("optimizer", "adamw"), lr, 0.0, cfg.get("momentum", 0.9))
+        base = make_optimizer(groups, cfg.get("optimizer", "adamw"), lr, 0.0, cfg.get("momentum", 0.9))
+        from .runtime import current
+        self.runtime = current()
+        # through the evaluation's Fabric when there is one: its precision scales (fp16) and unscales losses
+        self.opt = self.runtime.fabric.setup_optimizers(base) if self.runtime else base
         self.clip = float(cfg.get("clip_grad", 0.0))
         self.scheduler = None
         if schedule == "cosine":
-            self.scheduler = CosineLRScheduler(self.opt, t_initial=max(1, steps),
+            self.scheduler = CosineLRScheduler(base, t_initial=max(1, steps),
                                                lr_min=lr * cfg.get("min_lr_ratio", 0.01), warmup_t=int(warmup * steps),
                                                warmup_lr_init=lr * 0.01, warmup_prefix=True, t_in_epochs=False)
         self.updates = 0
 
     def step(self, loss: torch.Tensor, log: "LossLog") -> None:
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.modules.parameters(), self.clip)
+        if self.runtime is None:
+            loss.backward()
+            if self.clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.modules.parameters(), self.clip)
+        else:
+            with torch.autocast(self.runtime.device.type, enabled=False):  # backward outside autocast
+                self.runtime.fabric.backward(loss)
+            if self.clip > 0:
+                self.runtime.fabric.clip_gradients(self.modules, self.opt, max_norm=self.clip)
         self.opt.step()
         self.updates += 1
         if self.scheduler is not None:

@@ -21,7 +21,8 @@ def trial_settings(cfg, run_dir: Path, budget: int) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "budget": budget, "stages": cfg.stages, "settings": cfg.settings,
             "score": cfg.score, "data": cfg.data, "proxy_resolution": cfg.proxy_resolution,
             "resolution": cfg.resolution, "seed": cfg.seed, "plugins": cfg.plugins,
-            "val_fraction": cfg.val_fraction, "repeats": cfg.repeats,
+            "val_fraction": cfg.val_fraction, "repeats": cfg.repeats, "accelerator": cfg.accelerator,
+            "precision": cfg.precision,
             "invalid_score": cfg.invalid_score, "budget_mode": cfg.budget_mode, "soft_weight": cfg.soft_weight,
             # trial processes share the cores: oversubscribed OpenMP threads spin and crawl
             "threads": max(1, (os.cpu_count() or 1) // cfg.concurrency) if cfg.engine == "ts" else None}
@@ -75,7 +76,8 @@ def evaluate_spec(spec, s: dict[str, Any], proposal: dict | None = None,
             _data_cache[key] = load_data(pm, s["data"], s["proxy_resolution"], s["seed"], val_fraction)
         result = evaluate_repeated(spec, s["stages"], _data_cache[key], config=s["settings"], pm=pm,
                                    score_weights=s["score"], seed=s["seed"], repeats=s.get("repeats", 1),
-                                   trial={"id": trial_id, "budget": s["budget"]}, model=model)
+                                   trial={"id": trial_id, "budget": s["budget"]}, model=model,
+                                   accelerator=s.get("accelerator", "auto"), precision=s.get("precision", "32"))
         status, metrics, score, error = result.status, result.metrics, result.score, None
         if result.error:
             error = f"stage {result.error['stage']} (plugin {result.error['plugin']}): {result.error['message']}"

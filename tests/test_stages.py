@@ -205,3 +205,28 @@ def test_schedule_warms_up_decays_clips_and_spares_norms_from_weight_decay():
     assert lrs[2] > lrs[5] > lrs[9] > 0.1 * 0.01  # cosine decay toward lr * min_lr_ratio
     with pytest.raises(ValueError, match="schedule: expected one of cosine, constant"):
         Schedule([model], {**cfg, "schedule": "step"}, steps=10)
+
+
+def test_bf16_mixed_precision_trains_on_cpu(digits, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from metanet.cli import cli
+    spec = ArchSpec.from_dict(tiny_spec_dict())
+    settings = {"amateur": {"max_steps": 12, "batch_size": 32}}
+    fp32 = evaluate_candidate(spec, ["amateur"], digits, config=settings, accelerator="cpu")
+    bf16 = evaluate_candidate(spec, ["amateur"], digits, config=settings, accelerator="cpu", precision="bf16-mixed")
+    assert bf16.status == "ok", bf16.error
+    m = bf16.metrics
+    assert m["amateur.train_loss_last"] < 0.8 * m["amateur.train_loss_first"]  # it learns (no stale casts)
+    assert m["amateur.train_loss_last"] != fp32.metrics["amateur.train_loss_last"]  # and ran in bf16
+    assert abs(m["amateur.acc"] - fp32.metrics["amateur.acc"]) < 0.2
+    path = tmp_path / "arch.json"
+    spec.save(path)
+    ok = CliRunner().invoke(cli, ["evaluate", str(path), "--stages", "zero-cost", "--proxy-resolution", "16",
+                                  "--accelerator", "cpu", "--precision", "bf16-mixed", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["runtime"] == {"accelerator": "cpu", "device": "cpu", "precision": "bf16-mixed"}
+    bad = CliRunner().invoke(cli, ["evaluate", str(path), "--precision", "16-mixed", "--accelerator", "cpu"])
+    assert bad.exit_code == 2 and "16-mixed needs a GPU" in bad.output
