@@ -74,8 +74,8 @@ def budget_option(help_text: str):
 
 set_option = click.option("--set", "sets", multiple=True, metavar="STAGE.KEY=VALUE", help="Override a stage setting.")
 
-_CLICK_TYPES = {"int": int, "float": float, "int>=0": click.IntRange(min=0), "int>=1": click.IntRange(min=1), "int>=8": click.IntRange(min=8),
-                "int>=16": click.IntRange(min=16), "port": click.IntRange(1, 65535),
+_CLICK_TYPES = {"int": int, "float": float, "int>=0": click.IntRange(min=0), "int>=1": click.IntRange(min=1),
+                "int>=8": click.IntRange(min=8), "int>=16": click.IntRange(min=16), "port": click.IntRange(1, 65535),
                 "fraction": click.FloatRange(0, 1, min_open=True, max_open=True)}
 
 
