@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.14.1 torchvision==0.29.1
 DEMO   := runs/demo
 
-.PHONY: install install-test demo test clean
+.PHONY: install install-test demo test clean sshd
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,16 @@ demo: install
 	$(BIN)/metanet export $(DEMO)/search --out $(DEMO)/best --format torchscript,onnx
 	$(BIN)/metanet flops $(DEMO)/best/arch.json --count
 
-test: install-test
+# The remote training-service test runs two OpenSSH servers on 127.0.0.1: install the server from the
+# distribution's packages when it is missing and we are root (elsewhere the test says why it skips).
+SSHD   := /usr/sbin/sshd
+
+sshd:
+	@[ -x $(SSHD) ] || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server >/dev/null))
+
+test: install-test sshd
 	$(BIN)/python -m pytest
 
 clean:

@@ -25,6 +25,7 @@ setup(
         "click>=8.0",
         "scikit-learn",
         "scipy",  # rank correlations of proxy-check
+        "setuptools<82",  # NNI 3.0's remote trial runner imports pkg_resources (gone in 82): trials hang without
         "matplotlib",
         "pyyaml",
         "tqdm",

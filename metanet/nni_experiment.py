@@ -10,9 +10,11 @@ absolute space, and every trial records how many choices the walk changed.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
+from pathlib import Path
 
 from .budget import format_flops
 from .quiet import quiet
@@ -152,6 +154,9 @@ def experiment_config(cfg, trials: int, local_gpus: int | None = None):
         if remote:
             from .remote import remote_service_config
             remote_service_config(cfg.training_service, config.training_service)
+            # NNI hands the trial runners the experiment-level address; the service's alone is not used
+            if isinstance(config.training_service.nni_manager_ip, str):
+                config.nni_manager_ip = config.training_service.nni_manager_ip
         gpus, _ = resolve_gpus(cfg, local_gpu_count() if local_gpus is None else local_gpus)
         if gpus is not None:
             config.training_service.trial_gpu_number = gpus
@@ -203,6 +208,15 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
     if cfg.engine != "sequential":
         echo(f"NNI web UI: http://localhost:{cfg.port} (budget {format_flops(budget)})")
     exp = NasExperiment(model_space, evaluator, chain, config=config)
+    # NNI copies the trial code folder, which a NAS experiment fixes to the working directory, to every
+    # remote machine; trials need none (metanet is installed there): run from an empty one in the run directory
+    workdir = contextlib.nullcontext()
+    if cfg.engine != "sequential" and cfg.training_service != "local":
+        code = Path(settings["run_dir"]) / "nni-code"
+        code.mkdir(exist_ok=True)
+        (code / "README").write_text("NNI's trial code folder, copied to every machine; metanet trials need no code "
+                                     "from here (NNI refuses an empty one).\n")
+        workdir = contextlib.chdir(code)
     try:
         with warnings.catch_warnings():
             # screened proposals are counted in the store, not kept in NNI's history
@@ -210,7 +224,17 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
             if cfg.engine == "sequential":
                 exp.run()
             else:
-                exp.run(port=cfg.port)
+                with workdir:
+                    exp.run(port=cfg.port)
+    except Exception as exc:
+        # NNI's manager may outlive a failed start and hold its port ("Port not idle" on the next try):
+        # stop it, and say what failed in one line; finished trials are in the store already
+        with contextlib.suppress(Exception):
+            exp.stop()
+        from .errors import RunError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunError(f"NNI experiment for budget {format_flops(budget)} failed: {first} "
+                       f"(NNI's log: ~/nni-experiments/{getattr(exp, 'id', '?')}/log)") from None
     finally:
         if hasattr(screen, "flush"):
             screen.flush()

@@ -49,7 +49,7 @@ def spec_key(spec: dict[str, Any]) -> str:
 
 class TrialStore:
     def __init__(self, path: str | os.PathLike, create: bool = True):
-        self.path = str(path)
+        self.path = os.path.abspath(path)  # the same file whatever the working directory becomes
         if not create and not os.path.exists(self.path):
             from .errors import RunError
             raise RunError(f"{os.path.dirname(self.path) or '.'}: no trial store ({os.path.basename(self.path)})")

@@ -18,14 +18,23 @@ _data_cache: dict[tuple, Any] = {}
 
 def trial_settings(cfg, run_dir: Path, budget: int) -> dict[str, Any]:
     """What a trial needs, JSON-serialisable so NNI can ship it to a trial process."""
-    return {"run_dir": str(run_dir), "budget": budget, "stages": cfg.stages, "settings": cfg.settings,
-            "score": cfg.score, "data": cfg.data, "proxy_resolution": cfg.proxy_resolution,
+    # absolute paths: a trial may start in another working directory (NNI's training services)
+    return {"run_dir": str(Path(run_dir).resolve()), "budget": budget, "stages": cfg.stages, "settings": cfg.settings,
+            "score": cfg.score, "data": _absolute_data(cfg.data), "proxy_resolution": cfg.proxy_resolution,
             "resolution": cfg.resolution, "seed": cfg.seed, "plugins": cfg.plugins,
             "val_fraction": cfg.val_fraction, "repeats": cfg.repeats, "accelerator": cfg.accelerator,
             "precision": cfg.precision,
             "invalid_score": cfg.invalid_score, "budget_mode": cfg.budget_mode, "soft_weight": cfg.soft_weight,
             # trial processes share the cores: oversubscribed OpenMP threads spin and crawl
             "threads": max(1, (os.cpu_count() or 1) // cfg.concurrency) if cfg.engine == "ts" else None}
+
+
+def _absolute_data(source: str) -> str:
+    """``PATH`` or ``NAME:PATH`` with an existing folder made absolute; a dataset name as it is."""
+    name, colon, path = source.partition(":")
+    if colon and os.path.isdir(path):
+        return f"{name}:{os.path.abspath(path)}"
+    return os.path.abspath(source) if os.path.isdir(source) else source
 
 
 def soft_reward(score: float, flops: float, budget: float, weight: float) -> float:
