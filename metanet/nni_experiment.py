@@ -90,6 +90,67 @@ def budget_screen(space, budget: int, cfg, store: TrialStore):
     return BudgetScreen()
 
 
+def trial_keeper(store: TrialStore):
+    """The middleware next to NNI's training-service engine: it holds the models in flight, and writes
+    the rows that trials on remote machines send back with their final metric.
+
+    NNI's engine keeps only weak references to submitted models and drops a metric whose model is gone:
+    without a strong reference (random search and the budget screen keep none) no strategy ever saw a
+    reward from a trial process. Remote trials never see the run directory: each reports
+    ``{"default": reward, "metanet_row": row}`` through NNI's own channel, and the row lands here.
+    """
+    with quiet():
+        from nni.nas.execution.event import ModelEventType
+        from nni.nas.strategy.middleware import StrategyMiddleware
+
+    class TrialKeeper(StrategyMiddleware):
+        def __init__(self):
+            super().__init__()
+            self._inflight: dict[int, object] = {}
+
+        def _initialize_engine(self, engine) -> None:
+            engine.register_model_event_callback(ModelEventType.FinalMetric, self._on_final)
+            engine.register_model_event_callback(ModelEventType.TrainingEnd, self._on_end)
+
+        def _on_final(self, event) -> None:
+            metric = event.metric
+            if isinstance(metric, dict) and isinstance(metric.get("metanet_row"), dict):
+                store.record(metric["metanet_row"])
+
+        def _on_end(self, event) -> None:
+            self._inflight.pop(id(event.model), None)
+
+        def _cleanup(self) -> None:
+            # kept registered: a strategy that needs no rewards (random) is cleaned up when it has submitted its
+            # last model, and the trials' metrics arrive after that; the engine ends with the experiment
+            pass
+
+        # the strategy's and the upper middlewares' callbacks go through to the engine, as NNI's filters do
+        def register_model_event_callback(self, event_type, callback) -> None:
+            super().register_model_event_callback(event_type, callback)
+            self.engine.register_model_event_callback(event_type, callback)
+
+        def unregister_model_event_callback(self, event_type, callback) -> None:
+            super().unregister_model_event_callback(event_type, callback)
+            self.engine.unregister_model_event_callback(event_type, callback)
+
+        def submit_models(self, *models) -> None:
+            for model in models:
+                self._inflight[id(model)] = model
+            self.engine.submit_models(*models)
+
+        def list_models(self, status=None):
+            return self.engine.list_models(status)
+
+        def state_dict(self) -> dict:
+            return {}  # nothing of its own: the store is the state
+
+        def load_state_dict(self, state_dict: dict) -> None:
+            pass
+
+    return TrialKeeper()
+
+
 def budget_filter(cfg_space, budget: int, cfg, store: TrialStore):
     """Project mode's NNI ``Filter`` function: True when the proposal projects to an in-band architecture."""
     from .search_spaces.estimate import estimate
@@ -202,7 +263,10 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
         screen = budget_screen(bspace, budget, cfg, store)
         model_space = BudgetModelSpace(bspace, num_classes=0, img_size=cfg.proxy_resolution, seed=cfg.seed)
     warm_start(strategy, store, budget)
-    chain = Chain(strategy, Deduplication("replay"), screen)
+    middlewares = [Deduplication("replay"), screen]
+    if cfg.engine != "sequential":
+        middlewares.append(trial_keeper(store))
+    chain = Chain(strategy, *middlewares)
     evaluator = FunctionalEvaluator(nni_trial, settings=settings)
     config = experiment_config(cfg, trials)
     if cfg.engine != "sequential":
@@ -212,7 +276,7 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
     # remote machine; trials need none (metanet is installed there): run from an empty one in the run directory
     workdir = contextlib.nullcontext()
     if cfg.engine != "sequential" and cfg.training_service != "local":
-        code = Path(settings["run_dir"]) / "nni-code"
+        code = Path(store.path).parent / "nni-code"
         code.mkdir(exist_ok=True)
         (code / "README").write_text("NNI's trial code folder, copied to every machine; metanet trials need no code "
                                      "from here (NNI refuses an empty one).\n")
@@ -224,6 +288,7 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
             if cfg.engine == "sequential":
                 exp.run()
             else:
+                _wait_for_port(cfg.port)  # the manager of a previous experiment may still be letting go of it
                 with workdir:
                     exp.run(port=cfg.port)
     except Exception as exc:
@@ -238,6 +303,17 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
     finally:
         if hasattr(screen, "flush"):
             screen.flush()
+
+
+def _wait_for_port(port: int, seconds: float = 20.0) -> None:
+    import socket
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("localhost", port)) != 0:
+                return
+        time.sleep(0.5)
 
 
 def warm_start(strategy, store: TrialStore, budget: int) -> str:

@@ -118,6 +118,8 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool | None = 
     try:
         for budget in cfg.flops:
             settings = trial_settings(cfg, run.path, budget)
+            remote_settings = dict(settings, run_dir=None) if cfg.engine == "ts" and cfg.training_service != "local" \
+                else settings
             # Trials that were in flight when a previous process died run again, first.
             for row in store.trials(budget, status=RUNNING):
                 store.delete(row["id"])
@@ -129,7 +131,7 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool | None = 
                 done = sum(r["status"] in DONE for r in store.trials(budget))
                 if done >= cfg.trials:
                     break
-                run_experiment(cfg, space, budget, cfg.trials - done, settings, store, echo,
+                run_experiment(cfg, space, budget, cfg.trials - done, remote_settings, store, echo,
                                seed_offset=done + attempt)
     finally:
         bar.close()

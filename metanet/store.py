@@ -92,6 +92,20 @@ class TrialStore:
                        "test_score=? WHERE id=?", (status, json.dumps(metrics), score, error, seconds, time.time(),
                                                    reward, test_score, trial_id))
 
+    def record(self, row: dict[str, Any]) -> int:
+        """A finished trial evaluated elsewhere (a remote machine), written whole in one transaction."""
+        now = time.time()
+        with self._connect() as db:
+            cur = db.execute(
+                "INSERT INTO trials (budget, status, spec, spec_key, flops, params, metrics, score, error, seconds, "
+                "seed, started, ended, proposal, rewritten, reward, test_score) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (row["budget"], row["status"], json.dumps(row["spec"]), spec_key(row["spec"]), row["flops"],
+                 row["params"], json.dumps(row["metrics"]), row["score"], row["error"], row["seconds"], row["seed"],
+                 now - row["seconds"], now, json.dumps(row["proposal"]) if row.get("proposal") is not None else None,
+                 row.get("rewritten"), row["reward"], row.get("test_score")))
+            return int(cur.lastrowid)
+
     def bump(self, budget: int, name: str, by: int = 1) -> None:
         with self._connect() as db:
             db.execute("INSERT INTO counters (budget, name, value) VALUES (?, ?, ?) "

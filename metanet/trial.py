@@ -49,32 +49,13 @@ def rewritten_count(proposed: dict[str, Any] | None, evaluated: dict[str, Any]) 
     return sum(proposed.get(k) != v for k, v in evaluated.items())
 
 
-def evaluate_spec(spec, s: dict[str, Any], proposal: dict | None = None,
-                  proposed_spec: dict | None = None, model=None) -> tuple[float, dict]:
-    """Evaluate one architecture and write it to the store; returns (reward for the strategy, row).
-
-    ``proposal`` is what the strategy proposed (its own choices) and ``proposed_spec`` the
-    architecture that proposal stands for before anything else touched it; both are stored, with
-    the number of choices in which the evaluated spec differs (0 unless the walk rewrote it).
-    """
-    from .data import load_data
+def _evaluate(spec, s: dict[str, Any], model=None, trial_id: int | None = None) -> dict[str, Any]:
+    """Run the stages on ``spec``: the outcome as the store records it, and the result (None if it failed
+    before the stages ran)."""
+    from .data import DEFAULT_VAL_FRACTION, load_data
     from .plugin_manager import registry
-    from .run_dir import RunDir
-    from .search_spaces.estimate import estimate
-    from .data import DEFAULT_VAL_FRACTION
     from .stages import evaluate_repeated
 
-    run = RunDir(s["run_dir"])
-    store = run.store
-    spec_dict = spec.to_dict()
-    seen = store.lookup(s["budget"], spec_key(spec_dict))
-    if seen is not None:  # the same architecture again (another proposal projected onto it)
-        store.bump(s["budget"], "duplicates")
-        replay = seen["reward"] if seen["reward"] is not None else seen["score"]
-        return (replay if seen["status"] == OK else s["invalid_score"]), seen
-    est = estimate(spec, s["resolution"])
-    trial_id = store.start(s["budget"], spec_dict, est.flops, est.params, s["seed"], proposal,
-                           rewritten_count(proposed_spec, spec.to_sample()))
     start = time.perf_counter()
     result = None
     try:
@@ -94,16 +75,62 @@ def evaluate_spec(spec, s: dict[str, Any], proposal: dict | None = None,
             status, error = FAILED, f"score is {score}"
     except Exception as exc:  # data or plugin trouble outside the stages: this trial fails, the search goes on
         status, metrics, score, error = FAILED, {}, None, f"{type(exc).__name__}: {exc}"
-    reward = None
-    if status == OK:
-        reward = soft_reward(score, est.flops, s["budget"], s["soft_weight"]) if s.get("budget_mode") == "soft" \
-            else score
-    store.finish(trial_id, status, metrics, score if status == OK else None, error, time.perf_counter() - start,
-                 reward, result.test_score if status == OK else None)
-    if status == OK and result.backbone_stage:
+    return {"status": status, "metrics": metrics, "score": score if status == OK else None,
+            "test_score": result.test_score if status == OK else None, "error": error,
+            "seconds": time.perf_counter() - start, "result": result}
+
+
+def _reward(outcome: dict[str, Any], flops: int, s: dict[str, Any]) -> float | None:
+    if outcome["status"] != OK:
+        return None
+    if s.get("budget_mode") == "soft":
+        return soft_reward(outcome["score"], flops, s["budget"], s["soft_weight"])
+    return outcome["score"]
+
+
+def evaluate_spec(spec, s: dict[str, Any], proposal: dict | None = None,
+                  proposed_spec: dict | None = None, model=None) -> tuple[float, dict]:
+    """Evaluate one architecture and record it; returns (reward for the strategy, row).
+
+    ``proposal`` is what the strategy proposed (its own choices) and ``proposed_spec`` the
+    architecture that proposal stands for before anything else touched it; both are stored, with
+    the number of choices in which the evaluated spec differs (0 unless the walk rewrote it).
+
+    With a ``run_dir`` in the settings the trial writes the run's store itself (and keeps the weights
+    of the best); without one (remote machines, which need not see the run directory) the row is
+    returned whole, for NNI to carry back to the search process, which writes it (:func:`nni_trial`).
+    """
+    from .search_spaces.estimate import estimate
+
+    spec_dict = spec.to_dict()
+    rewritten = rewritten_count(proposed_spec, spec.to_sample())
+    if s.get("run_dir") is None:
+        est = estimate(spec, s["resolution"])
+        outcome = _evaluate(spec, s, model)
+        outcome.pop("result")
+        reward = _reward(outcome, est.flops, s)
+        row = {**outcome, "budget": s["budget"], "spec": spec_dict, "flops": est.flops, "params": est.params,
+               "seed": s["seed"], "proposal": proposal, "rewritten": rewritten, "reward": reward}
+        return (reward if reward is not None else s["invalid_score"]), row
+
+    from .run_dir import RunDir
+    run = RunDir(s["run_dir"])
+    store = run.store
+    seen = store.lookup(s["budget"], spec_key(spec_dict))
+    if seen is not None:  # the same architecture again (another proposal projected onto it)
+        store.bump(s["budget"], "duplicates")
+        replay = seen["reward"] if seen["reward"] is not None else seen["score"]
+        return (replay if seen["status"] == OK else s["invalid_score"]), seen
+    est = estimate(spec, s["resolution"])
+    trial_id = store.start(s["budget"], spec_dict, est.flops, est.params, s["seed"], proposal, rewritten)
+    outcome = _evaluate(spec, s, model, trial_id)
+    result, reward = outcome["result"], _reward(outcome, est.flops, s)
+    store.finish(trial_id, outcome["status"], outcome["metrics"], outcome["score"], outcome["error"],
+                 outcome["seconds"], reward, outcome["test_score"])
+    if outcome["status"] == OK and result.backbone_stage:
         run.keep_weights(s["budget"], trial_id, result.backbone_weights, result.backbone_stage, s["proxy_resolution"])
-    row = {"id": trial_id, "status": status, "score": score, "reward": reward}
-    return (reward if status == OK else s["invalid_score"]), row
+    row = {"id": trial_id, "status": outcome["status"], "score": outcome["score"], "reward": reward}
+    return (reward if reward is not None else s["invalid_score"]), row
 
 
 def nni_trial(model, settings: dict[str, Any]) -> None:
@@ -114,6 +141,9 @@ def nni_trial(model, settings: dict[str, Any]) -> None:
         torch.set_num_threads(settings["threads"])
     # the model NNI built is used as is when it was initialised as the stages would (same seed)
     built = model if getattr(model, "built_seed", None) == settings["seed"] else None
-    reward, _ = evaluate_spec(model.spec, settings, getattr(model, "proposal", None),
-                              getattr(model, "proposed_spec", None), model=built)
-    nni.report_final_result(float(reward))
+    reward, row = evaluate_spec(model.spec, settings, getattr(model, "proposal", None),
+                                getattr(model, "proposed_spec", None), model=built)
+    if settings.get("run_dir") is None:  # the search process writes the row (metanet.nni_experiment.StoreWriter)
+        nni.report_final_result({"default": float(reward), "metanet_row": row})
+    else:
+        nni.report_final_result(float(reward))

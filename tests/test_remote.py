@@ -78,3 +78,9 @@ def test_remote_search_runs_trials_on_both_machines(tmp_path, two_ssh_servers):
     for log in runners:
         text = log.read_text()
         assert "'nniManagerIP': '127.0.0.1'" in text and "start to run trial" in text
+        # the trials were never told where the run directory is: their rows came back through NNI's channel
+        assert '"settings": {"run_dir": null' in text
+    from metanet.run_dir import RunDir
+    rows = RunDir.open(tmp_path / "run").store.trials()
+    assert len(rows) == 2 and all(r["status"] == "ok" and r["score"] is not None for r in rows)
+    assert all(r["metrics"]["zero-cost.score"] == r["score"] for r in rows)
