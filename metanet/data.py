@@ -274,7 +274,7 @@ def _folder_split(path: Path, transforms: dict, seed: int, test_fraction: float)
     full = _image_folder(path)
     tr, te = _split_indices(len(full), test_fraction, seed)
     tr, te = tr.tolist(), te.tolist()
-    listed = set().union(*_listed_paths(path, path))
+    listed = _listed_paths(path, path)
     if listed:  # listed images belong to train, wherever the random test split would have put them
         moved = [i for i in te if os.path.normpath(full.samples[i][0]) in listed]
         te = [i for i in te if i not in set(moved)]
@@ -283,49 +283,43 @@ def _folder_split(path: Path, transforms: dict, seed: int, test_fraction: float)
                  subsets=_subset_lists(path, path, [full.samples[i][0] for i in tr]))
 
 
-def _listed_paths(task: Path, images: Path) -> list[set[str]]:
-    """The image paths of every ``train_<N>pct.txt`` in ``task`` (one line per image, relative to ``images``)."""
+def _subset_files(task: Path, images: Path) -> list[tuple[Path, float, list[tuple[int, str, str]]]]:
+    """Every ``train_<N>pct.txt`` of ``task``: (file, N/100, [(line number, entry, normalised path)]), one
+    image per line relative to ``images``, an optional label column after it, ``#`` comments."""
     out = []
     for f in sorted(task.glob("train_*pct.txt")):
-        paths = set()
-        for line in _read_list(f):
-            entry = line.split()[0] if line.strip() else ""
-            if entry and not entry.startswith("#"):
-                paths.add(os.path.normpath(images / entry))
-        out.append(paths)
+        try:
+            fraction = float(f.name[len("train_"):-len("pct.txt")]) / 100
+        except ValueError:
+            raise DataError(f"{f}: expected a name train_<N>pct.txt with N a number") from None
+        if not 0 < fraction <= 1:
+            raise DataError(f"{f}: N must be in (0, 100]")
+        try:
+            lines = f.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{f}: cannot read ({type(exc).__name__}: {exc})") from None
+        entries = [(n, line.split()[0], os.path.normpath(images / line.split()[0]))
+                   for n, line in enumerate(lines, 1) if line.strip() and not line.split()[0].startswith("#")]
+        if not entries:
+            raise DataError(f"{f}: lists no image")
+        out.append((f, fraction, entries))
     return out
 
 
-def _read_list(f: Path) -> list[str]:
-    try:
-        return f.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{f}: cannot read ({type(exc).__name__}: {exc})") from None
+def _listed_paths(task: Path, images: Path) -> set[str]:
+    return {path for _, _, entries in _subset_files(task, images) for _, _, path in entries}
 
 
 def _subset_lists(task: Path, images: Path, train_paths: list[str]) -> dict[float, list[int]]:
     """Fixed subsets of the training images, from ``train_<N>pct.txt`` files: fraction -> train indices."""
     index = {os.path.normpath(p): i for i, p in enumerate(train_paths)}
     subsets = {}
-    for f in sorted(task.glob("train_*pct.txt")):
-        pct = f.name[len("train_"):-len("pct.txt")]
-        try:
-            fraction = float(pct) / 100
-        except ValueError:
-            raise DataError(f"{f}: expected a name train_<N>pct.txt with N a number") from None
-        if not 0 < fraction <= 1:
-            raise DataError(f"{f}: N must be in (0, 100]")
+    for f, fraction, entries in _subset_files(task, images):
         picked = []
-        for n, line in enumerate(_read_list(f), 1):
-            entry = line.split()[0] if line.strip() else ""
-            if not entry or entry.startswith("#"):
-                continue
-            i = index.get(os.path.normpath(images / entry))
-            if i is None:
+        for n, entry, path in entries:
+            if path not in index:
                 raise DataError(f"{f}:{n}: {entry!r} is not an image of the training set of {task}")
-            picked.append(i)
-        if not picked:
-            raise DataError(f"{f}: lists no image")
+            picked.append(index[path])
         subsets[fraction] = sorted(set(picked))
     return subsets
 
