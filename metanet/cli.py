@@ -90,6 +90,8 @@ def config_option(name: str, **overrides):
     default = SearchConfig.defaults()[name]
     help_text = meta["help"] + (f"  [default: {format_default(default)}]" if default not in (None, [], {}) else "")
     kwargs = {"type": ctype, "default": None, "help": help_text, **overrides}
+    if kind == "flag":  # --x/--no-x; None when neither is given, so a config file's value stands
+        del kwargs["type"]
     if "default" in overrides:
         kwargs["help"], kwargs["show_default"] = meta["help"], True
     return click.option(meta["flag"], name, **kwargs)
@@ -292,12 +294,14 @@ def warn_small_attention_grids(arch, resolution: int) -> None:
 @config_option("repeats", default=1)
 @config_option("accelerator", default="auto")
 @config_option("precision", default="32")
+@config_option("devices", default=1)
+@config_option("compile", default=False)
 @set_option
 @config_option("score")
 @config_option("seed", default=0)
 @json_option
-def evaluate_cmd(spec, stages, data, proxy_resolution, val_fraction, repeats, accelerator, precision, sets, score,
-                 seed, as_json):
+def evaluate_cmd(spec, stages, data, proxy_resolution, val_fraction, repeats, accelerator, precision, devices,
+                 compile, sets, score, seed, as_json):
     """Run evaluation stages on one architecture and print its metrics and score.
 
     ``score`` comes from the validation splits (what a search optimises), ``test_score`` from the test
@@ -313,9 +317,10 @@ def evaluate_cmd(spec, stages, data, proxy_resolution, val_fraction, repeats, ac
     warn_small_attention_grids(arch, proxy_resolution)
     bundle = load_data(pm, data, proxy_resolution, seed, val_fraction)
     from .runtime import Runtime
-    runtime = Runtime.create(accelerator, precision)  # a bad choice fails here, before any work
+    runtime = Runtime.create(accelerator, precision, devices, compile)  # a bad choice fails here, before any work
     result = evaluate_repeated(arch, stage_list, bundle, config=settings, pm=pm, score_weights=weights, seed=seed,
-                               repeats=repeats, accelerator=accelerator, precision=precision)
+                               repeats=repeats, accelerator=accelerator, precision=precision, devices=devices,
+                               compile=compile)
     if as_json:
         _emit_json({"status": result.status, "score": result.score, "test_score": result.test_score,
                     "metrics": result.metrics, "seconds": round(result.seconds, 2), "error": result.error,

@@ -185,20 +185,25 @@ def local_gpu_count() -> int:
 def resolve_gpus(cfg, local_gpus: int) -> tuple[int | None, str | None]:
     """GPUs per trial for NNI (None: NNI leaves GPUs as they are) and a note for the user.
 
-    The user's number when given; otherwise one per trial on a local machine with GPUs and none
-    without (NNI would hide nothing), and NNI's own view on remote machines, which this one cannot
-    see. NNI's 0 hides every GPU from a trial, so it is never chosen where there are GPUs.
+    The user's number when given; otherwise ``--devices`` per trial (one by default) on a local machine
+    with GPUs and none without (NNI would hide nothing), and NNI's own view on remote machines, which
+    this one cannot see. NNI's 0 hides every GPU from a trial, so it is never chosen where there are GPUs.
     """
+    from .errors import ConfigError
+    devices = getattr(cfg, "devices", 1)
+    on_gpus = getattr(cfg, "accelerator", "auto") != "cpu"
+    if cfg.gpus_per_trial is not None and on_gpus and devices > 1 and cfg.gpus_per_trial < devices:
+        raise ConfigError(f"devices: {devices} per trial, but --gpus-per-trial gives each trial "
+                          f"{cfg.gpus_per_trial} GPU(s)", param="devices")
     if cfg.gpus_per_trial is not None:
         if cfg.gpus_per_trial > 0 and cfg.training_service == "local" and local_gpus == 0:
-            from .errors import ConfigError
             raise ConfigError(f"gpus_per_trial: {cfg.gpus_per_trial} GPU(s) per trial, but this machine has no GPU "
                               "(NNI would wait for one forever)", param="gpus_per_trial")
         return cfg.gpus_per_trial, None
     if cfg.training_service != "local":
         return None, None
     if local_gpus:
-        return 1, None
+        return (devices if on_gpus else 1), None
     return 0, "note: no GPU on this machine: trials run on CPU"
 
 

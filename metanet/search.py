@@ -58,7 +58,8 @@ def check_engine(cfg: SearchConfig) -> str | None:
                 raise ConfigError(f"{name}: needs --engine ts (the sequential engine runs trials in this process)",
                                   param=name)
         from .runtime import Runtime
-        Runtime.create(cfg.accelerator, cfg.precision)  # trials run here: what they ask for must exist here
+        # trials run here: what they ask for must exist here
+        Runtime.create(cfg.accelerator, cfg.precision, cfg.devices)
         return None
     from .nni_experiment import local_gpu_count, resolve_gpus
     if cfg.training_service != "local":

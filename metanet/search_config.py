@@ -73,6 +73,12 @@ def _fraction(value, name):
     return out
 
 
+def _flag(value, name):
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected true or false, got {value!r}", param=name)
+    return value
+
+
 def _choice(options: tuple[str, ...]) -> Callable:
     def parse(value, name):
         if value not in options:
@@ -203,6 +209,11 @@ class SearchConfig:
                               "sees one).", "--accelerator", type="choice:" + ",".join(ACCELERATORS))
     precision: str = option("32", _choice(PRECISIONS), "Training precision of the stages (Lightning Fabric's; "
                             "bf16-mixed also on CPU).", "--precision", type="choice:" + ",".join(PRECISIONS))
+    devices: int = option(1, _integer(1), "Devices each trial trains on: above 1, its stages run data-parallel "
+                          "in that many processes (Fabric's DDP launcher; GPUs, or CPU processes with "
+                          "--accelerator cpu).", "--devices", type="int>=1")
+    compile: bool = option(False, _flag, "torch.compile the candidate's stem and stages before the stages train "
+                           "it (pays off on GPUs for long stages).", "--compile/--no-compile", type="flag")
     repeats: int = option(1, _integer(1), "Evaluate each candidate with this many seeds; the score is their mean.",
                           "--repeats", type="int>=1")
     resolution: int = option(224, _integer(16), "Deployment resolution at which FLOPs are counted.", "--resolution",

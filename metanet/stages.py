@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .plugin_manager import PluginManager, registry
 from .registered import Stage
 from .store import FAILED, OK
-from .training import place
+from .training import compile_candidate, place
 
 
 @dataclass
@@ -42,7 +42,8 @@ class StageContext:
         """A new, randomly initialised copy of the candidate (for from-scratch baselines)."""
         from metanet.search_spaces.metanet import MetaNet
         torch.manual_seed(self.seed)
-        return place(MetaNet(self.spec, num_classes=0, img_size=self.data.resolution), self.device)
+        model = place(MetaNet(self.spec, num_classes=0, img_size=self.data.resolution), self.device)
+        return compile_candidate(model) if self.runtime is not None and self.runtime.compile else model
 
     def model_from(self, *stages: str) -> tuple[nn.Module, str]:
         """A copy of the candidate with the weights of the first of ``stages`` that ran, else as built."""
@@ -163,13 +164,15 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
                        pm: PluginManager | None = None, score_weights: dict[str, float] | None = None,
                        seed: int = 0, device: str | torch.device | None = None,
                        trial: dict[str, Any] | None = None, model: nn.Module | None = None,
-                       accelerator: str = "auto", precision: str = "32") -> TrialResult:
+                       accelerator: str = "auto", precision: str = "32", devices: int = 1,
+                       compile: bool = False) -> TrialResult:
     """Run ``stages`` in order on ``spec``; never raises for a failing stage (the result says failed).
 
     ``model``: the backbone already built from ``spec`` (no classifier, at the data's resolution, just
-    after ``torch.manual_seed(seed)``), to save building it again. ``accelerator`` and ``precision``
-    (``32``, ``bf16-mixed``, ``16-mixed``) set the evaluation's Fabric (:mod:`metanet.runtime`);
-    ``device``, when given, overrides the accelerator.
+    after ``torch.manual_seed(seed)``), to save building it again. ``accelerator``, ``devices`` and
+    ``precision`` (``32``, ``bf16-mixed``, ``16-mixed``) set the evaluation's Fabric (:mod:`metanet.runtime`):
+    with ``devices > 1`` the stages run data-parallel in that many processes; ``compile`` runs the stages'
+    forward passes through ``torch.compile``. ``device``, when given, overrides the accelerator.
     """
     from .runtime import Runtime
     from metanet.search_spaces.metanet import MetaNet
@@ -180,8 +183,7 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
     weights = score_weights or default_score_weights(stages, pm)
     if device is not None:
         accelerator = torch.device(device).type
-    runtime = Runtime.create(accelerator, precision)
-    device = runtime.device
+    runtime = Runtime.create(accelerator, precision, devices, compile)
     trial = dict(trial or {})
     trial.setdefault("id", 0)
     trial.update(spec=spec.to_dict(), stages=list(stages))
@@ -192,27 +194,16 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
     if model is None:
         torch.manual_seed(seed)
         model = MetaNet(spec, num_classes=0, img_size=data.resolution)
-    model = place(model, device)
-    state: dict[str, dict] = {}
-    metrics: dict[str, float] = {}
-    current, backbone = None, None
     try:
-        for current in stages:
-            stage = pm.stage(current)
-            ctx = StageContext(model, spec, data, configs[current], state, device, seed, runtime)
-            with runtime.active():
-                result = run_stage(pm, stage, ctx)
-            state.setdefault(current, {})["metrics"] = dict(result)
-            metrics.update({f"{current}.{k}": float(v) for k, v in result.items()})
-            if stage.trains_backbone and state[current].get("weights") is not None:
-                backbone = current
-        current = None
-        score = combine_score(metrics, weights)
-    except (_StageFailed, ConfigError) as failure:
-        exc = failure.__cause__ if isinstance(failure, _StageFailed) else failure
-        plugin = failure.plugin if isinstance(failure, _StageFailed) else None
-        error = {"stage": current, "plugin": plugin, "message": f"{type(exc).__name__}: {exc}",
-                 "traceback": "".join(traceback.format_exception(exc, limit=8))}
+        state, metrics, backbone, error = runtime.launch(_run_stages, pm, stages, configs, model, spec, data, seed)
+    except ConfigError as exc:  # the ranks could not start
+        state, metrics, backbone, error = {}, {}, None, _error_record(None, None, exc)
+    if error is None:
+        try:
+            score = combine_score(metrics, weights)
+        except ConfigError as exc:
+            error = _error_record(None, None, exc)
+    if error is not None:
         result = TrialResult(FAILED, metrics, None, error, state, time.perf_counter() - start)
         pm.notify("metanet_trial_failed", trial=trial, error=error)
         return result
@@ -223,6 +214,41 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
     result = TrialResult(OK, metrics, score, None, state, time.perf_counter() - start, backbone, test_score)
     pm.notify("metanet_trial_finished", trial=trial, metrics=metrics)
     return result
+
+
+def _error_record(stage: str | None, plugin: str | None, exc: BaseException) -> dict[str, Any]:
+    return {"stage": stage, "plugin": plugin, "message": f"{type(exc).__name__}: {exc}",
+            "traceback": "".join(traceback.format_exception(exc, limit=8))}
+
+
+def _run_stages(pm: PluginManager, stages: list[str], configs: dict[str, dict], model: nn.Module, spec,
+                data: DataBundle, seed: int) -> tuple[dict, dict, str | None, dict | None]:
+    """The stage loop, in the evaluation's process or in each of its ranks (under the current runtime):
+    (state, metrics, the last stage that trained the backbone, error or None)."""
+    from .runtime import current
+    runtime = current()
+    device = runtime.device
+    model = place(model, device)
+    if runtime.compile:
+        compile_candidate(model)
+    state: dict[str, dict] = {}
+    metrics: dict[str, float] = {}
+    current_stage, backbone = None, None
+    try:
+        for current_stage in stages:
+            stage = pm.stage(current_stage)
+            ctx = StageContext(model, spec, data, configs[current_stage], state, device, seed, runtime)
+            with runtime.active():
+                result = run_stage(pm, stage, ctx)
+            state.setdefault(current_stage, {})["metrics"] = dict(result)
+            metrics.update({f"{current_stage}.{k}": float(v) for k, v in result.items()})
+            if stage.trains_backbone and state[current_stage].get("weights") is not None:
+                backbone = current_stage
+    except (_StageFailed, ConfigError) as failure:
+        exc = failure.__cause__ if isinstance(failure, _StageFailed) else failure
+        plugin = failure.plugin if isinstance(failure, _StageFailed) else None
+        return state, metrics, None, _error_record(current_stage, plugin, exc)
+    return state, metrics, backbone, None
 
 
 def evaluate_repeated(spec, stages: list[str], data: DataBundle, *, repeats: int = 1, seed: int = 0,

@@ -12,9 +12,39 @@ from torch.utils.data import DataLoader, Dataset, Subset
 OPTIMIZERS = ("sgd", "adamw", "adam")
 
 
-def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Pooled backbone features (B, num_features) of a timm-style model."""
+def _pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+_compiled_pooled = None
+# torch.compile's options for --compile (inductor by default; on CPU its C++ compile costs minutes per candidate)
+COMPILE_OPTIONS: dict = {}
+
+
+def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pooled backbone features (B, num_features) of a timm-style model; through ``torch.compile`` when the
+    evaluation asked for it (:func:`compile_candidate`: a flag on the model, so copies of it keep it)."""
+    global _compiled_pooled
+    if getattr(model, "metanet_compile", False):
+        if _compiled_pooled is None:
+            _compiled_pooled = torch.compile(_pooled, **COMPILE_OPTIONS)
+        return _compiled_pooled(model, x)
+    return _pooled(model, x)
+
+
+def compile_candidate(model: nn.Module) -> nn.Module:
+    """Mark ``model`` so that the stages' forward passes (:func:`features`) run compiled by ``torch.compile``.
+
+    A flag rather than ``model.compile()``: stages deep-copy the candidate, and a copy of an in-place compiled
+    module would keep calling the original's forward. Graphs of earlier candidates are dropped first (one
+    candidate per evaluation; the recompile limit would otherwise send later candidates back to eager).
+    """
+    global _compiled_pooled
+    import torch._dynamo
+    torch._dynamo.reset()
+    _compiled_pooled = None
+    model.metanet_compile = True
+    return model
 
 
 def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
@@ -50,14 +80,34 @@ def loader_options(ds: Dataset, device=None) -> dict:
 
 def batches(ds: Dataset, batch_size: int, seed: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """An endless stream of shuffled batches (reshuffled every epoch) from one loader whose workers,
-    if the data has them, live as long as the stream."""
-    g = torch.Generator().manual_seed(seed)
+    if the data has them, live as long as the stream.
+
+    In a data-parallel evaluation each rank gets its shard of every global batch of ``batch_size``
+    (a ``DistributedSampler`` over the same seeded permutation), so the ranks together take the steps
+    one process would.
+    """
+    from .runtime import current
+    runtime = current()
     options = loader_options(ds, device)
-    loader = DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, generator=g, drop_last=True,
-                        persistent_workers=bool(options), **options)
+    world = runtime.world_size if runtime is not None and runtime.distributed else 1
+    size = max(1, min(batch_size, len(ds)) // world)
+    if world > 1:
+        from torch.utils.data import DistributedSampler
+        sampler = DistributedSampler(ds, num_replicas=world, rank=runtime.rank, shuffle=True, seed=seed,
+                                     drop_last=True)
+        loader = DataLoader(ds, batch_size=size, sampler=sampler, drop_last=True, persistent_workers=bool(options),
+                            **options)
+    else:
+        sampler = None
+        loader = DataLoader(ds, batch_size=size, shuffle=True, generator=torch.Generator().manual_seed(seed),
+                            drop_last=True, persistent_workers=bool(options), **options)
+    epoch = 0
     while True:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         for x, y in loader:
             yield x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
+        epoch += 1
 
 
 def source_streams(sources: dict, cfg: dict, seed: int, device) -> tuple[dict[str, Iterator], int]:
@@ -177,6 +227,8 @@ class Schedule:
         self.runtime = current()
         # through the evaluation's Fabric when there is one: its precision scales (fp16) and unscales losses
         self.opt = self.runtime.fabric.setup_optimizers(base) if self.runtime else base
+        if self.runtime is not None:
+            self.runtime.broadcast_state(self.modules)  # every rank starts from rank 0's weights, as DDP does
         self.clip = float(cfg.get("clip_grad", 0.0))
         self.scheduler = None
         if schedule == "cosine":
@@ -194,9 +246,12 @@ class Schedule:
         else:
             with torch.autocast(self.runtime.device.type, enabled=False):  # backward outside autocast
                 self.runtime.fabric.backward(loss)
+            self.runtime.average_gradients(self.modules.parameters())
             if self.clip > 0:
                 self.runtime.fabric.clip_gradients(self.modules, self.opt, max_norm=self.clip)
         self.opt.step()
+        if self.runtime is not None:
+            self.runtime.broadcast_state(self.modules, buffers_only=True)  # batch-norm statistics of rank 0
         self.updates += 1
         if self.scheduler is not None:
             self.scheduler.step_update(self.updates)
@@ -209,8 +264,12 @@ class Schedule:
 
 def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, log: LossLog) -> None:
     """One step of every training loop here: clear, backpropagate, update, record the loss."""
+    from .runtime import current
+    runtime = current()
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if runtime is not None:
+        runtime.average_gradients(p for group in opt.param_groups for p in group["params"])
     opt.step()
     log.add(loss)
 

@@ -23,7 +23,7 @@ def trial_settings(cfg, run_dir: Path, budget: int) -> dict[str, Any]:
             "score": cfg.score, "data": _absolute_data(cfg.data), "proxy_resolution": cfg.proxy_resolution,
             "resolution": cfg.resolution, "seed": cfg.seed, "plugins": cfg.plugins,
             "val_fraction": cfg.val_fraction, "repeats": cfg.repeats, "accelerator": cfg.accelerator,
-            "precision": cfg.precision,
+            "precision": cfg.precision, "devices": cfg.devices, "compile": cfg.compile,
             "invalid_score": cfg.invalid_score, "budget_mode": cfg.budget_mode, "soft_weight": cfg.soft_weight,
             # trial processes share the cores: oversubscribed OpenMP threads spin and crawl
             "threads": max(1, (os.cpu_count() or 1) // cfg.concurrency) if cfg.engine == "ts" else None}
@@ -67,7 +67,8 @@ def _evaluate(spec, s: dict[str, Any], model=None, trial_id: int | None = None) 
         result = evaluate_repeated(spec, s["stages"], _data_cache[key], config=s["settings"], pm=pm,
                                    score_weights=s["score"], seed=s["seed"], repeats=s.get("repeats", 1),
                                    trial={"id": trial_id, "budget": s["budget"]}, model=model,
-                                   accelerator=s.get("accelerator", "auto"), precision=s.get("precision", "32"))
+                                   accelerator=s.get("accelerator", "auto"), precision=s.get("precision", "32"),
+                                   devices=s.get("devices", 1), compile=s.get("compile", False))
         status, metrics, score, error = result.status, result.metrics, result.score, None
         if result.error:
             error = f"stage {result.error['stage']} (plugin {result.error['plugin']}): {result.error['message']}"

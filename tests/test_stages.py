@@ -227,6 +227,7 @@ def test_bf16_mixed_precision_trains_on_cpu(digits, tmp_path):
     ok = CliRunner().invoke(cli, ["evaluate", str(path), "--stages", "zero-cost", "--proxy-resolution", "16",
                                   "--accelerator", "cpu", "--precision", "bf16-mixed", "--json"])
     assert ok.exit_code == 0, ok.output
-    assert json.loads(ok.stdout)["runtime"] == {"accelerator": "cpu", "device": "cpu", "precision": "bf16-mixed"}
+    assert json.loads(ok.stdout)["runtime"] == {"accelerator": "cpu", "device": "cpu", "precision": "bf16-mixed",
+                                                "world_size": 1, "compile": False}
     bad = CliRunner().invoke(cli, ["evaluate", str(path), "--precision", "16-mixed", "--accelerator", "cpu"])
     assert bad.exit_code == 2 and "16-mixed needs a GPU" in bad.output
