@@ -456,14 +456,15 @@ def export_cmd(run_dir, out_dir, budget, rank, trial_id, formats, num_classes, f
 @cli.command("presets")
 @json_option
 def presets_cmd(as_json):
-    """The released MetaNet and UniNet models, as specs of the space."""
+    """The released MetaNet and UniNet models, as points of the default space."""
     from .search_spaces.presets import preset_rows
     rows = preset_rows()
     if as_json:
         return _emit_json(rows)
     for r in rows:
         click.echo(f"{r['name']:<12} {r['input_size']:>4}px  {format_flops(r['flops']):>8} FLOPs  "
-                   f"{format_flops(r['params']):>8} params  {r['description']}")
+                   f"{format_flops(r['params']):>8} params  {r['description']}"
+                   + ("" if r["in_space"] else f"  (outside the default space: {r['outside']})"))
 
 
 def main(argv=None):

@@ -29,15 +29,20 @@ def _per_stage(*values):
 class SpaceConfig:
     """Choice lists of the unified space. Numeric lists are sorted ascending."""
 
-    stem_width: tuple[int, ...] = (16, 24, 32, 48, 64)
+    # Every released preset (MetaNet-B4/B15, UniNet-B0..B6) is a point of the default space: the choices
+    # below hold their stem widths, widths and depths (tests/test_space.py checks it).
+    stem_width: tuple[int, ...] = (16, 24, 32, 48, 64, 96)
     head_dim: tuple[int, ...] = (32, 48, 64)
     # Global attention on the 112x112 map of stage 0 (12544 tokens) is out of reach: conv only there.
     op: tuple[tuple[str, ...], ...] = (CONV_OPS,) + (ALL_OPS,) * 5
-    depth: tuple[tuple[int, ...], ...] = _per_stage((1, 2, 3, 4), (1, 2, 3, 4, 6), (2, 3, 4, 6, 8, 12),
-                                                    (2, 3, 4, 6, 8, 12), (2, 3, 4, 6, 8, 12), (4, 6, 8, 12, 16, 24))
-    width: tuple[tuple[int, ...], ...] = _per_stage((16, 24, 32, 48, 64), (32, 48, 64, 96, 128),
-                                                    (64, 80, 96, 128, 160, 192), (96, 128, 160, 192, 256, 384),
-                                                    (128, 192, 256, 384), (192, 256, 384, 512, 768))
+    depth: tuple[tuple[int, ...], ...] = _per_stage((1, 2, 3, 4), (1, 2, 3, 4, 5, 6), (2, 3, 4, 6, 7, 8, 9, 10, 12),
+                                                    (2, 3, 4, 6, 7, 8, 9, 10, 12), (2, 3, 4, 6, 7, 8, 9, 10, 12),
+                                                    (4, 6, 8, 12, 14, 16, 18, 20, 24))
+    width: tuple[tuple[int, ...], ...] = _per_stage((16, 24, 32, 48, 64, 96, 128), (32, 48, 56, 64, 96, 128, 192, 256),
+                                                    (64, 80, 96, 112, 128, 160, 192, 256, 384, 512),
+                                                    (96, 128, 160, 192, 224, 256, 384, 512, 768),
+                                                    (128, 160, 192, 224, 256, 384, 512, 768),
+                                                    (192, 256, 288, 352, 384, 448, 512, 768, 1024, 1536))
     expand: tuple[tuple[int, ...], ...] = ((1, 2, 4),) + ((2, 3, 4, 5, 6),) * 5
     dsm: tuple[tuple[str, ...], ...] = (("block", "local"),) + (DSMS,) * 5
     name: str = "unified"

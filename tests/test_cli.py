@@ -79,14 +79,15 @@ def test_flops_of_a_preset_and_a_timm_model(run):
 def test_presets_command(run):
     rows = json.loads(run("presets", "--json").output)
     names = [r["name"] for r in rows]
-    assert {"metanet_b4", "metanet_b15", "uninet_b0", "uninet_b6"} <= set(names)
+    assert {"metanet_b4", "metanet_b15", "uninet_b0", "uninet_b6"} <= set(names) and len(names) == 9
+    assert all(r["in_space"] for r in rows)
 
 
 @pytest.mark.parametrize("args, code, words", [
     (("space", "sample", "--flops", "abc"), 2, "invalid FLOP budget 'abc'"),
     (("space", "sample", "--flops", "-1"), 2, "invalid FLOP budget"),
     (("space", "sample", "--flops", "1.5X"), 2, "invalid FLOP budget"),
-    (("space", "sample", "--flops", "10M"), 2, "reaches at 224px: 142.5M to 143.6G"),
+    (("space", "sample", "--flops", "10M"), 2, "reaches at 224px: 142.5M to 590.9G"),
     (("space", "sample", "--band", "1,0.5"), 2, "LOW < HIGH"),
     (("space", "show", "--space", "nope"), 2, "unknown search space 'nope'"),
     (("flops", "missing.json"), 1, "missing.json: cannot read spec"),

@@ -10,10 +10,10 @@ from metanet.search_spaces.unified import sample_within_budget
 
 
 def test_presets_are_points_of_the_space(space):
-    assert space.contains(PRESETS["metanet_b4"].spec) is None
-    assert space.contains(PRESETS["uninet_b1"].spec) is None
-    # MN-B15 (stem 96, 1536 channels) is larger than the default lists
-    assert space.contains(PRESETS["metanet_b15"].spec).startswith("stem_width: 96 is not a choice")
+    for name, preset in PRESETS.items():  # MN-B15's stem 96 and 1536 channels, UniNet-B3's width 56, B5's depth 5
+        assert space.contains(preset.spec) is None, name
+    narrow = type(space)(stem_width=(16, 32))
+    assert narrow.contains(PRESETS["metanet_b15"].spec).startswith("stem_width: 96 is not a choice")
 
 
 def test_random_specs_are_valid_and_diverse(space, rng):
@@ -46,7 +46,7 @@ def test_flops_range_is_exact_bounds(space, rng):
 
 
 def test_budget_outside_the_space_states_the_range(space):
-    with pytest.raises(ValueError, match=r"outside what space 'unified' reaches at 224px: 142.5M to 143.6G"):
+    with pytest.raises(ValueError, match=r"outside what space 'unified' reaches at 224px: 142.5M to 590.9G"):
         sample_within_budget(space, 50e6, random.Random(0))
     with pytest.raises(ValueError, match="outside what space"):
         sample_within_budget(space, 1e15, random.Random(0))
