@@ -3,19 +3,66 @@
 Every block maps an NCHW tensor to an NCHW tensor, so stages can mix convolution and transformer
 blocks freely; attention blocks flatten to tokens inside. Layer order, bias flags and shortcuts follow
 the released MetaNet (gv-benchmark) and UniNet code so that the presets reproduce their sizes.
-Every attention operator goes through :func:`metanet.kernels.attention`.
+Every attention operator goes through :func:`metanet.kernels.attention` (:func:`attend`).
+
+Forward passes are plain tensor ops with no Python-side shape branching, so every block runs under
+``torch.jit.script``, ``torch.fx.symbolic_trace`` and timm's FX feature extraction: :func:`attend`
+and :func:`rel_pos_bias` are FX leaves (``torch.fx.wrap``), and scripted models take SDPA in place of
+the Triton kernel (a custom op TorchScript cannot carry).
 """
 from __future__ import annotations
+
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
 from timm.layers import DropPath, LayerScale, Mlp, SqueezeExcite, make_divisible, trunc_normal_
 
 from metanet.kernels import attention
 
 LAYER_SCALE_INIT = 1e-6
+
+
+@torch.jit.unused
+def _kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
+                      scale: Optional[float]) -> torch.Tensor:
+    return attention(q, k, v, bias=bias, scale=scale)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           scale: Optional[float] = None) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v through metanet's attention op; SDPA inside TorchScript."""
+    if torch.jit.is_scripting():
+        if bias is not None:
+            bias = bias.to(q.dtype)
+            if bias.dim() == 3:
+                bias = bias.unsqueeze(0)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    return _kernel_attention(q, k, v, bias, scale)
+
+
+def relative_index(h: int, w: int, device: Optional[torch.device] = None) -> torch.Tensor:
+    """(N, N) indices into a flattened (2h-1, 2w-1) table of relative offsets on an (h, w) grid."""
+    ys = torch.arange(h, device=device)[:, None].expand(h, w).flatten()
+    xs = torch.arange(w, device=device)[None, :].expand(h, w).flatten()
+    dy = ys[:, None] - ys[None, :] + h - 1
+    dx = xs[:, None] - xs[None, :] + w - 1
+    return dy * (2 * w - 1) + dx
+
+
+def rel_pos_bias(table: torch.Tensor, index: torch.Tensor, grid: Tuple[int, int], h: int, w: int) -> torch.Tensor:
+    """The (heads, N, N) bias of an (h, w) grid from a table learned on ``grid`` (resized bicubically,
+    as timm's ``resize_rel_pos_bias_table`` does, when the grids differ)."""
+    if h == grid[0] and w == grid[1]:
+        return table.flatten(1)[:, index]
+    resized = F.interpolate(table.unsqueeze(0), size=(2 * h - 1, 2 * w - 1), mode="bicubic", align_corners=False)
+    return resized[0].flatten(1)[:, relative_index(h, w, table.device)]
+
+
+# leaves for FX: the kernel call and the grid-dependent branch are recorded as calls, not traced into
+torch.fx.wrap("attend")
+torch.fx.wrap("rel_pos_bias")
 
 
 def to_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -109,24 +156,10 @@ class RelPosBias(nn.Module):
         gh, gw = self.grid
         self.table = nn.Parameter(torch.zeros(num_heads, 2 * gh - 1, 2 * gw - 1))
         trunc_normal_(self.table, std=0.02)
-        self.register_buffer("index", self._index(gh, gw), persistent=False)
-
-    @staticmethod
-    def _index(h: int, w: int, device=None) -> torch.Tensor:
-        ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-        ys, xs = ys.flatten(), xs.flatten()
-        dy = ys[:, None] - ys[None, :] + h - 1
-        dx = xs[:, None] - xs[None, :] + w - 1
-        return dy * (2 * w - 1) + dx
+        self.register_buffer("index", relative_index(gh, gw), persistent=False)
 
     def forward(self, h: int, w: int) -> torch.Tensor:
-        table = self.table
-        if (h, w) == self.grid:
-            index = self.index
-        else:
-            table = F.interpolate(table[None], size=(2 * h - 1, 2 * w - 1), mode="bicubic", align_corners=False)[0]
-            index = self._index(h, w, device=table.device)
-        return table.flatten(1)[:, index]  # (heads, N, N)
+        return rel_pos_bias(self.table, self.index, self.grid, h, w)
 
 
 class MultiHeadAttention(nn.Module):
@@ -139,11 +172,14 @@ class MultiHeadAttention(nn.Module):
         self.proj = nn.Linear(dim, out_dim)
         self.rel_pos = RelPosBias(self.num_heads, rel_pos_grid) if rel_pos_grid else None
 
-    def forward(self, x, h: int, w: int):
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
-        bias = self.rel_pos(h, w) if self.rel_pos is not None else None
-        x = attention(q, k, v, bias=bias)
-        return self.proj(rearrange(x, "b h n d -> b n (h d)"))
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        B, N, C = x.shape[0], x.shape[1], x.shape[2]
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        bias: Optional[torch.Tensor] = None
+        if self.rel_pos is not None:
+            bias = self.rel_pos(h, w)
+        x = attend(q, k, v, bias)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 
 class CrossCovarianceAttention(nn.Module):
@@ -160,12 +196,13 @@ class CrossCovarianceAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, out_dim)
 
-    def forward(self, x, h: int, w: int):
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h d n", three=3, h=self.num_heads)
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        B, N, C = x.shape[0], x.shape[1], x.shape[2]
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 4, 1).unbind(0)
         q = F.normalize(q, dim=-1) * self.temperature
         k = F.normalize(k, dim=-1)
-        x = attention(q, k, v, scale=1.0)
-        return self.proj(rearrange(x, "b h d n -> b n (h d)"))
+        x = attend(q, k, v, None, 1.0)  # (B, heads, d, N)
+        return self.proj(x.permute(0, 3, 1, 2).reshape(B, N, C))
 
 
 class TransformerBlock(nn.Module):
@@ -185,6 +222,8 @@ class TransformerBlock(nn.Module):
         attn_cls = CrossCovarianceAttention if mixer == "xca" else MultiHeadAttention
         self.attn = attn_cls(cin, cout, head_dim, rel_pos_grid=rel_pos_grid)
         self.ls1 = LayerScale(cout, LAYER_SCALE_INIT)
+        # the other form's modules are None, so TorchScript drops the branch that would use them
+        self.pool = self.shortcut = self.norm2 = self.mlp = self.ls2 = None
         if self.reduce:
             self.pool = nn.MaxPool2d(3, stride, 1)
             self.shortcut = strided_shortcut(cin, cout, stride)
@@ -197,13 +236,14 @@ class TransformerBlock(nn.Module):
     def forward(self, x):
         if self.pos_embed is not None:
             x = x + self.pos_embed(x)
-        if self.reduce:
+        if self.shortcut is not None and self.pool is not None:
             shortcut = self.shortcut(x)
-            _, _, h, w = shortcut.shape
+            h, w = shortcut.shape[2], shortcut.shape[3]
             y = to_map(self.norm1(to_tokens(x)), x.shape[2], x.shape[3])
             y = self.attn(to_tokens(self.pool(y)), h, w)
             return shortcut + to_map(self.ls1(y), h, w)
-        _, _, h, w = x.shape
+        assert self.norm2 is not None and self.mlp is not None and self.ls2 is not None
+        h, w = x.shape[2], x.shape[3]
         t = to_tokens(x)
         t = t + self.drop_path(self.ls1(self.attn(self.norm1(t), h, w)))
         t = t + self.drop_path(self.ls2(self.mlp(self.norm2(t))))
@@ -239,10 +279,12 @@ class LocalGlobalDSM(nn.Module):
 
     def forward(self, x):
         shortcut = self.shortcut(x)
-        _, _, h, w = shortcut.shape
-        q = rearrange(self.q_norm(to_tokens(self.q(x))), "b n (h d) -> b h n d", h=self.num_heads)
-        k, v = rearrange(self.kv(self.kv_norm(to_tokens(x))), "b n (two h d) -> two b h n d", two=2, h=self.num_heads)
-        y = rearrange(attention(q, k, v), "b h n d -> b n (h d)")
+        B, C, h, w = shortcut.shape[0], shortcut.shape[1], shortcut.shape[2], shortcut.shape[3]
+        d = C // self.num_heads
+        q = self.q_norm(to_tokens(self.q(x))).reshape(B, h * w, self.num_heads, d).transpose(1, 2)
+        kv = self.kv(self.kv_norm(to_tokens(x)))
+        k, v = kv.reshape(B, kv.shape[1], 2, self.num_heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+        y = attend(q, k, v).transpose(1, 2).reshape(B, h * w, C)
         return shortcut + to_map(self.proj(y), h, w)
 
 

@@ -48,7 +48,11 @@ def test_export_reloads_through_timm_with_the_same_outputs(run, tmp_path):
     d = tmp_path / "best"
     x = torch.randn(2, 3, 16, 16)
     model = timm.create_model("metanet", arch=str(d / "arch.json"), img_size=16, pretrained=True,
-                              pretrained_cfg_overlay=dict(file=str(d / "model.safetensors"), num_classes=0)).eval()
+                              pretrained_cfg_overlay=dict(file=str(d / "model.safetensors"))).eval()
+    assert model.num_classes == 0  # the export's config: a backbone, no classifier to miss
+    data_cfg = timm.data.resolve_data_config(model=model)
+    assert data_cfg["mean"] == (0.5, 0.5, 0.5) and data_cfg["std"] == (0.5, 0.5, 0.5)  # as it was trained
+    assert data_cfg["input_size"] == (3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x))
         # the one line the export prints: built at the deployment size, tables resized on load
@@ -58,7 +62,7 @@ def test_export_reloads_through_timm_with_the_same_outputs(run, tmp_path):
 
     spec = ArchSpec.from_dict(result.trial["spec"])
     feats = timm.create_model("metanet", arch=str(d / "arch.json"), img_size=16, pretrained=True,
-                              pretrained_cfg_overlay=dict(file=str(d / "model.safetensors"), num_classes=0),
+                              pretrained_cfg_overlay=dict(file=str(d / "model.safetensors")),
                               features_only=True, out_indices=(2, 4, 6)).eval()
     assert feats.feature_info.channels() == [spec.stages[1].width, spec.stages[3].width, spec.stages[5].width]
     assert feats.feature_info.reduction() == [4, 16, 32]
@@ -69,14 +73,14 @@ def test_export_reloads_through_timm_with_the_same_outputs(run, tmp_path):
         torch.testing.assert_close(a, b)
 
     with_head = timm.create_model("metanet", arch=str(d / "arch.json"), img_size=16, pretrained=True, num_classes=5,
-                                  pretrained_cfg_overlay=dict(file=str(d / "model.safetensors"), num_classes=0))
+                                  pretrained_cfg_overlay=dict(file=str(d / "model.safetensors")))
     assert with_head.get_classifier().out_features == 5
     torch.testing.assert_close(with_head.stem.conv.weight, reference.stem.conv.weight)
 
     import onnxruntime as ort
     xs = torch.randn(2, 3, 224, 224)
     ref = timm.create_model("metanet", arch=str(d / "arch.json"), img_size=16, pretrained=True,
-                            pretrained_cfg_overlay=dict(file=str(d / "model.safetensors"), num_classes=0)).eval()
+                            pretrained_cfg_overlay=dict(file=str(d / "model.safetensors"))).eval()
     with torch.no_grad():
         want = ref(xs).numpy()
     got = ort.InferenceSession(str(d / "model.onnx")).run(None, {"input": xs.numpy()})[0]
