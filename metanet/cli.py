@@ -467,6 +467,33 @@ def presets_cmd(as_json):
                    + ("" if r["in_space"] else f"  (outside the default space: {r['outside']})"))
 
 
+@cli.command("convert")
+@click.argument("checkpoint")
+@click.option("--preset", help="The released model the checkpoint is (metanet_b4, uninet_b1, ...).")
+@click.option("--arch", help="Or the architecture as a spec file, JSON text or preset name.")
+@click.option("--out", required=True, help="The .safetensors file to write.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@json_option
+def convert_cmd(checkpoint, preset, arch, out, force, as_json):
+    """Convert weights of the official MetaNet (gv-benchmark) or UniNet code to metanet's module names.
+
+    The result loads strictly into the preset or spec, e.g. with
+    timm.create_model('uninet_b1', pretrained=True, pretrained_cfg_overlay=dict(file=OUT)).
+    """
+    from .convert import convert_checkpoint
+    from .search_spaces.presets import PRESETS
+    if bool(preset) == bool(arch):
+        raise click.UsageError("give exactly one of --preset and --arch")
+    if preset and preset not in PRESETS:
+        raise click.BadParameter(f"unknown preset {preset!r} (presets: {', '.join(PRESETS)})", param_hint="--preset")
+    spec = PRESETS[preset].spec if preset else _load_spec(arch)
+    result = convert_checkpoint(checkpoint, spec, out, force=force)
+    if as_json:
+        return _emit_json(result)
+    click.echo(f"wrote {result['out']}: {result['tensors']} tensors, {format_flops(result['params'])} parameters, "
+               f"{result['num_classes']} classes ({result['family']} checkpoint)")
+
+
 def main(argv=None):
     try:
         cli.main(args=argv, prog_name="metanet", standalone_mode=True)
