@@ -15,9 +15,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from metanet.cli import cli
-from metanet.convert import ConvertError, convert_state_dict
+from metanet.convert import convert_state_dict
 from metanet.search_spaces.metanet import MetaNet
-from metanet.search_spaces.presets import PRESETS
 from metanet.search_spaces.spec import ArchSpec
 
 DATA = Path(__file__).parent / "data" / "official"
