@@ -115,6 +115,11 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _tf32_allowed(q: torch.Tensor) -> bool:
+    # fp32 CUDA inputs run the kernel's dots in TF32: only when torch allows TF32 matmuls, else the reference
+    return q.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor] = None,
               scale: Optional[float] = None, backend: Optional[str] = None) -> torch.Tensor:
     """softmax(q k^T * scale + bias) v: the single entry point of every attention operator.
@@ -123,7 +128,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[
     scaling, broadcast over the batch: (H, Nq, Nk), (1, H, Nq, Nk) or (B, H, Nq, Nk); it receives a
     gradient in its own shape. ``scale`` defaults to 1/sqrt(D) as in SDPA. ``backend``: ``"triton"``
     forces the fused kernel (on CPU tensors only under ``TRITON_INTERPRET=1``), ``"torch"`` the
-    reference, ``"auto"`` the kernel for CUDA tensors when Triton is importable and D <= 128. ``None``
+    reference, ``"auto"`` the kernel for CUDA tensors when Triton is importable, D <= 128, v's head dim
+    equals q's and (for fp32) torch allows TF32 matmuls. ``None``
     takes the backend set by :func:`attention_backend` ("auto" by default). While a model is traced
     for ONNX or TorchScript every backend takes the reference.
     """
@@ -135,8 +141,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[
         scale = 1.0 / math.sqrt(q.shape[-1])
     if _exporting() or backend == "torch":
         return attention_reference(q, k, v, bias=bias, scale=scale)
-    if backend == "auto" and not (HAS_TRITON and q.is_cuda and q.shape[-1] <= MAX_TRITON_HEAD_DIM):
+    if backend == "auto" and not (HAS_TRITON and q.is_cuda and q.shape[-1] <= MAX_TRITON_HEAD_DIM
+                                  and v.shape[-1] == q.shape[-1] and _tf32_allowed(q)):
         return attention_reference(q, k, v, bias=bias, scale=scale)
+    if v.shape[-1] != q.shape[-1]:
+        raise ValueError(f"attention: backend='triton' needs v's head dim equal to q's, got Dv={v.shape[-1]} "
+                         f"and D={q.shape[-1]} (backend='auto' or 'torch' handles Dv != D)")
     if not HAS_TRITON:
         raise RuntimeError("attention: backend='triton' needs Triton, which is not importable here")
     if not q.is_cuda and not _interpreting():
