@@ -254,3 +254,25 @@ def test_fp16_with_masked_rows_and_padded_bias():
     got = _run("triton", q, k, v, bias, grad_out)
     assert all(torch.isfinite(t).all() for t in got)
     _assert_close(got, want, 2e-2)
+
+
+def test_kernels_compile_for_hopper_without_spills():
+    """The sm_90 ahead-of-time compile (no GPU needed): no spills, the forward's per-score cost at the 7x7
+    grid as at 28x28 (padded bias rows), and a broadcast bias's modelled traffic far below the old design's."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).parent.parent / "benchmarks" / "kernel_codegen.py"
+    out = subprocess.run([sys.executable, str(script), "--quick", "--json"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {r["kernel"] for r in rows} == {"fwd", "dq", "dkdv", "dbias"}
+    assert all(r["spill_bytes"] == 0 and r["regs"] <= 255 for r in rows)
+    fwd = {r["N"]: r["instr_per_score"] for r in rows if r["kernel"] == "fwd" and r["bias"] == "h"}
+    assert 0 < fwd[49] <= 1.3 * fwd[784]
+    big = next(r for r in rows if r["kernel"] == "fwd" and r["bias"] == "h" and r["N"] == 784)
+    assert big["hbm_bytes_fwd_bwd"] <= 0.4 * big["hbm_bytes_fwd_bwd_today"]
