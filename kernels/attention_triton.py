@@ -124,6 +124,38 @@ def _attn_fwd(Q, K, V, Bias, O, LSE,
 
 
 @triton.jit
+def _dq_tile(dq, q, do, lse, delta, k_base, v_base, b_base, db_base, offs_m, n, offs_d, mask_m, mask_d, Nk,
+             skn, skd, svn, svd, sbm, sbn, sdbm, sdbn, qk_scale,
+             HAS_BIAS: tl.constexpr, WRITE_DB: tl.constexpr, MASKED: tl.constexpr, PRECISION: tl.constexpr):
+    # rows past Nq carry lse = +inf, so only keys past Nk (the peeled tile) need masking
+    mask_n = n < Nk
+    if MASKED:
+        kt = _load_tile(k_base, offs_d, n, skd, skn, mask_d, mask_n)
+        vt = _load_tile(v_base, offs_d, n, svd, svn, mask_d, mask_n)
+        k = _load_tile(k_base, n, offs_d, skn, skd, mask_n, mask_d)
+    else:
+        kt = tl.load(k_base + offs_d[:, None] * skd + n[None, :] * skn, mask=mask_d[:, None], other=0.0)
+        vt = tl.load(v_base + offs_d[:, None] * svd + n[None, :] * svn, mask=mask_d[:, None], other=0.0)
+        k = tl.load(k_base + n[:, None] * skn + offs_d[None, :] * skd, mask=mask_d[None, :], other=0.0)
+    s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+    if HAS_BIAS:
+        if MASKED:
+            bias = _load_tile(b_base, offs_m, n, sbm, sbn, mask_m, mask_n)
+        else:
+            bias = tl.load(b_base + offs_m[:, None] * sbm + n[None, :] * sbn, mask=mask_m[:, None], other=0.0)
+        s += bias.to(tl.float32) * 1.4426950408889634
+    p = tl.math.exp2(s - lse[:, None])  # lse = +inf on masked or absent rows: p = 0
+    if MASKED:
+        p = tl.where(mask_n[None, :], p, 0.0)
+    dp = tl.dot(do, vt, input_precision=PRECISION)
+    ds = p * (dp - delta[:, None])
+    if WRITE_DB:
+        tl.store(db_base + offs_m[:, None] * sdbm + n[None, :] * sdbn, ds.to(db_base.dtype.element_ty),
+                 mask=mask_m[:, None] & mask_n[None, :])
+    return dq + tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+
+
+@triton.jit
 def _attn_bwd_dq(Q, K, V, Bias, O, DO, LSE, Delta, DQ, DB,
                  sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
                  sbb, sbh, sbm, sbn, sob, soh, som, sod, sdob, sdoh, sdom, sdod, sgb, sgh, sgm, sgd,
@@ -150,25 +182,17 @@ def _attn_bwd_dq(Q, K, V, Bias, O, DO, LSE, Delta, DQ, DB,
     tl.store(Delta + row, delta, mask=mask_m)
     lse = tl.load(LSE + row, mask=mask_m, other=float("inf"))
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start_n in range(0, Nk, BLOCK_N):
-        n = start_n + offs_n
-        mask_n = n < Nk
-        mask_mn = mask_m[:, None] & mask_n[None, :]
-        kt = _load_tile(K + b * skb + h * skh, offs_d, n, skd, skn, mask_d, mask_n)
-        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
-        if HAS_BIAS:
-            s += _load_tile(Bias + b * sbb + h * sbh, offs_m, n, sbm, sbn, mask_m, mask_n).to(tl.float32) \
-                * 1.4426950408889634
-        p = tl.math.exp2(s - lse[:, None])  # lse = +inf on masked rows: p = 0
-        p = tl.where(mask_mn, p, 0.0)
-        vt = _load_tile(V + b * svb + h * svh, offs_d, n, svd, svn, mask_d, mask_n)
-        dp = tl.dot(do, vt, input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        if WRITE_DB:
-            tl.store(DB + b * sdbb + h * sdbh + offs_m[:, None] * sdbm + n[None, :] * sdbn,
-                     ds.to(DB.dtype.element_ty), mask=mask_mn)
-        k = _load_tile(K + b * skb + h * skh, n, offs_d, skn, skd, mask_n, mask_d)
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    k_base, v_base, b_base = K + b * skb + h * skh, V + b * svb + h * svh, Bias + b * sbb + h * sbh
+    db_base = DB + b * sdbb + h * sdbh
+    full = (Nk // BLOCK_N) * BLOCK_N
+    for start_n in range(0, full, BLOCK_N):  # steady state: no key mask
+        dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, b_base, db_base, offs_m, start_n + offs_n, offs_d,
+                      mask_m, mask_d, Nk, skn, skd, svn, svd, sbm, sbn, sdbm, sdbn, qk_scale,
+                      HAS_BIAS, WRITE_DB, False, PRECISION)
+    if full < Nk:  # the peeled, partial last tile
+        dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, b_base, db_base, offs_m, full + offs_n, offs_d,
+                      mask_m, mask_d, Nk, skn, skd, svn, svd, sbm, sbn, sdbm, sdbn, qk_scale,
+                      HAS_BIAS, WRITE_DB, True, PRECISION)
     dq = dq * scale
     tl.store(DQ + b * sgb + h * sgh + offs_m[:, None] * sgm + offs_d[None, :] * sgd,
              dq.to(DQ.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
