@@ -15,9 +15,7 @@ import time
 from pathlib import Path
 
 
-def amateur_rate(spec, data, steps: int, batch: int, channels_last: bool) -> float:
-    import torch
-
+def amateur_rate(spec, data, steps: int, batch: int, channels_last: bool, devices: int = 1) -> float:
     import metanet.stages as stages_module
     from metanet.stages import evaluate_candidate
     from metanet.training import place
@@ -26,7 +24,7 @@ def amateur_rate(spec, data, steps: int, batch: int, channels_last: bool) -> flo
     try:
         t0 = time.perf_counter()
         result = evaluate_candidate(spec, ["amateur"], data, config={"amateur": {
-            "max_steps": steps, "batch_size": batch, "contrastive_weight": 0.0}}, device=torch.device("cpu"))
+            "max_steps": steps, "batch_size": batch, "contrastive_weight": 0.0}}, accelerator="cpu", devices=devices)
         seconds = time.perf_counter() - t0
     finally:
         stages_module.place = place
@@ -104,6 +102,9 @@ def main() -> None:
     for cl in (False, True):
         rows.append(("digits", "-", "channels-last" if cl else "NCHW",
                      amateur_rate(spec, digits, args.steps, args.batch_size, cl)))
+    # data parallel inside the trial (--devices 2): two CPU ranks share the cores (process start included)
+    rows.append(("digits", "-", "channels-last, 2 ranks", amateur_rate(spec, digits, args.steps, args.batch_size,
+                                                                       True, devices=2)))
     with tempfile.TemporaryDirectory() as tmp:
         make_folder(Path(tmp))
         default_workers = data_module.FOLDER_WORKERS
@@ -116,9 +117,9 @@ def main() -> None:
                              amateur_rate(spec, folder, args.steps, args.batch_size, cl)))
         data_module.FOLDER_WORKERS = default_workers
     base = {d: r for d, w, layout, r in rows if layout == "NCHW" and w in ("-", "0")}
-    print(f"{'data':<14} {'workers':>7} {'layout':<14} {'images/s':>9} {'vs NCHW, no workers':>20}")
+    print(f"{'data':<14} {'workers':>7} {'layout':<22} {'images/s':>9} {'vs NCHW, no workers':>20}")
     for d, w, layout, r in rows:
-        print(f"{d:<14} {w:>7} {layout:<14} {r:>9.1f} {r / base[d]:>19.2f}x")
+        print(f"{d:<14} {w:>7} {layout:<22} {r:>9.1f} {r / base[d]:>19.2f}x")
     print(f"bare training step, batch {args.batch_size} at {args.resolution} px on CPU:")
     fp32 = step_rate(spec, args.resolution, args.batch_size, "cpu", None)
     bf16 = step_rate(spec, args.resolution, args.batch_size, "cpu", torch.bfloat16)
