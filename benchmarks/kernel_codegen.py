@@ -119,6 +119,8 @@ def compile_one(fn, pointer_types, values, constexprs, warps, stages=3):
     from triton.compiler import ASTSource
     target = GPUTarget("cuda", 90, 32)
     backend = triton.compiler.make_backend(target)
+    while hasattr(fn, "configs"):  # an autotuned kernel: compile its default configuration (kernels._config)
+        fn = fn.fn
     signature, consts, attrs = {}, dict(constexprs), {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
@@ -169,17 +171,51 @@ def main_loop_instructions(ptx: str) -> int:
     return best
 
 
+def autotune_report(B: int, H: int, args) -> int:
+    """Every autotuner candidate (kernels.attention_triton._tile_configs on a GPU) compiled for sm_90."""
+    from metanet.kernels import attention_triton as at
+    at.INTERPRETING = False
+    configs = at._tile_configs()
+    rows = []
+    print(f"{'kernel':<6} {'D':>3} {'BM':>4} {'BN':>4} {'warps':>5} {'stages':>6} {'regs':>5} {'spill':>6} "
+          f"{'smem':>7} {'blk/SM':>6}")
+    for D in (32, 48, 64):
+        kept = at._prune(configs, {"Nq": 784, "Nk": 784, "D": D})  # what the autotuner may try at N=784
+        for name, fn, ptrs, vals, consts, _, _ in _launches(B, H, 784, D, "h", args.dtype):
+            for c in kept:
+                consts = {**consts, **c.kwargs}
+                ck = compile_one(fn, ptrs, vals, consts, c.num_warps, c.num_stages)
+                regs, spill = ptxas_report(ck.asm["ptx"])
+                smem = int(ck.metadata.shared)
+                per_sm = min(SM_REGS // max(1, regs * c.num_warps * 32), SM_SMEM // max(1, smem),
+                             SM_WARPS // c.num_warps)
+                rows.append({"kernel": name, "D": D, **c.kwargs, "num_warps": c.num_warps,
+                             "num_stages": c.num_stages, "regs": regs, "spill_bytes": spill, "smem_bytes": smem,
+                             "blocks_per_sm": per_sm})
+                print(f"{name:<6} {D:>3} {c.kwargs['BLOCK_M']:>4} {c.kwargs['BLOCK_N']:>4} {c.num_warps:>5} "
+                      f"{c.num_stages:>6} {regs:>5} {spill:>6} {smem:>7} {per_sm:>6}", flush=True)
+    spills = [r for r in rows if r["spill_bytes"] or r["blocks_per_sm"] == 0]
+    print(f"candidates that spill or do not fit: {len(spills)} of {len(rows)}")
+    if args.json:
+        print(json.dumps(rows))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="one JSON list on the last line")
     ap.add_argument("--quick", action="store_true", help="D=32 and N in {49, 784} only")
     ap.add_argument("--dtype", default="bf16", choices=sorted(ELEM))
+    ap.add_argument("--autotune-configs", action="store_true",
+                    help="instead: compile every configuration the GPU autotuner may pick (N=784, (H,N,N) bias)")
     args = ap.parse_args()
     import importlib.util
     if importlib.util.find_spec("triton") is None:
         print("benchmarks/kernel_codegen.py: Triton is not importable; nothing to compile")
         return 0
     B, H = 32, 4
+    if args.autotune_configs:
+        return autotune_report(B, H, args)
     ds, ns = ((32,), (49, 784)) if args.quick else ((32, 48, 64), (49, 196, 784, 3136))
     rows = []
     print(f"{'kernel':<6} {'N':>5} {'D':>3} {'bias':>4} {'regs':>5} {'spill':>6} {'smem':>7} {'blk/SM':>6} "

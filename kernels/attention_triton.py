@@ -26,6 +26,7 @@ What the design does and why (see the kernel notes and ``benchmarks/kernel_codeg
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -33,6 +34,32 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 BIAS_ROW_ALIGN = 16  # elements
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _tile_configs() -> list:
+    """Tiles, warps and pipeline stages the autotuner tries (per Nq, Nk, D, bias and dtype). Under Triton's
+    interpreter one config: it runs programs one by one and cannot time anything."""
+    if INTERPRETING:
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+            for bm, bn, w, st in ((64, 64, 4, 3), (64, 64, 4, 2), (128, 64, 8, 3), (128, 64, 8, 2),
+                                  (64, 32, 4, 3), (64, 32, 4, 2), (32, 64, 4, 2))]
+
+
+def _prune(configs, named_args, **kwargs):
+    # no tile much larger than the sequence (N=49 needs no 128-row tiles); wide heads skip 3-stage pipelines
+    # whose shared memory leaves one block per SM (sm_90 compile: 115-120 KB at D=64)
+    nq, nk, d = named_args["Nq"], named_args["Nk"], named_args["D"]
+    cap_m, cap_n = max(32, triton.next_power_of_2(nq)), max(32, triton.next_power_of_2(nk))
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= cap_m and c.kwargs["BLOCK_N"] <= cap_n
+            and not (d > 32 and c.num_stages > 2 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 64 * 64)]
+    return kept or configs[:1]
+
+
+def _autotuned(fn):
+    return triton.autotune(configs=_tile_configs(), key=["Nq", "Nk", "D", "HAS_BIAS"],
+                           prune_configs_by={"early_config_prune": _prune})(fn)
 
 
 @triton.jit
@@ -81,6 +108,7 @@ def _fwd_tile(acc, m_i, l_i, q, k_base, v_base, b_base, offs_m, n, offs_d, mask_
     return acc, m_new, l_i
 
 
+@_autotuned
 @triton.jit
 def _attn_fwd(Q, K, V, Bias, O, LSE,
               sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
@@ -155,6 +183,7 @@ def _dq_tile(dq, q, do, lse, delta, k_base, v_base, b_base, db_base, offs_m, n, 
     return dq + tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
 
 
+@_autotuned
 @triton.jit
 def _attn_bwd_dq(Q, K, V, Bias, O, DO, LSE, Delta, DQ, DB,
                  sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
@@ -198,6 +227,7 @@ def _attn_bwd_dq(Q, K, V, Bias, O, DO, LSE, Delta, DQ, DB,
              dq.to(DQ.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
 
 
+@_autotuned
 @triton.jit
 def _attn_bwd_dkdv(Q, K, V, Bias, DO, LSE, Delta, DK, DV,
                    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
@@ -247,6 +277,7 @@ def _attn_bwd_dkdv(Q, K, V, Bias, DO, LSE, Delta, DK, DV,
     tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
 
 
+@_autotuned
 @triton.jit
 def _attn_bwd_dbias(Q, K, V, Bias, DO, LSE, Delta, DB,
                     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
@@ -295,14 +326,16 @@ def _attn_bwd_dbias(Q, K, V, Bias, DO, LSE, Delta, DB,
 
 # -- launchers ----------------------------------------------------------------------------
 
+def _block_d(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
 def _config(d: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_D, warps, pipeline stages). Above D=32 two stages: with three, the
-    backward's shared memory (115-120 KB at D=64 on sm_90) leaves room for one block per SM."""
-    block_d = max(16, triton.next_power_of_2(d))
-    stages = 3 if block_d <= 32 else 2
-    if block_d <= 64:
-        return 64, 64, block_d, 4, stages
-    return 64, 32, block_d, 4, stages
+    """The default tiles (BLOCK_M, BLOCK_N, BLOCK_D, warps, pipeline stages): the configuration the
+    interpreter runs and ``benchmarks/kernel_codegen.py`` compiles; on a GPU the autotuner picks among
+    :func:`_tile_configs`. Above D=32 two stages: with three, the backward's shared memory (115-120 KB at
+    D=64 on sm_90) leaves room for one block per SM."""
+    return 64, 64, _block_d(d), 4, 3 if d <= 32 else 2
 
 
 def _precision(dtype: torch.dtype, device: torch.device) -> str:
@@ -352,13 +385,11 @@ def attention_forward(q, k, v, bias, scale):
         bias4 = padded_bias(bias4)
     o = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty(B * H, Nq, device=q.device, dtype=torch.float32)
-    bm, bn, bd, warps, stages = _config(D)
-    grid = (B * H, triton.cdiv(Nq, bm))
+    grid = lambda meta: (B * H, triton.cdiv(Nq, meta["BLOCK_M"]))  # noqa: E731
     _attn_fwd[grid](q, k, v, bias4 if bias4 is not None else q, o, lse,
                     *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias4), *o.stride(),
                     B, H, Nq, Nk, D, scale * LOG2E,
-                    HAS_BIAS=bias4 is not None, PRECISION=_precision(q.dtype, q.device),
-                    BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages)
+                    HAS_BIAS=bias4 is not None, PRECISION=_precision(q.dtype, q.device), BLOCK_D=_block_d(D))
     return o, lse
 
 
@@ -375,10 +406,8 @@ def attention_backward(do, q, k, v, bias, o, lse, scale, bias_grad: bool):
     dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     dk = torch.empty(k.shape, device=k.device, dtype=k.dtype)
     dv = torch.empty(v.shape, device=v.device, dtype=v.dtype)
-    bm, bn, bd, warps, stages = _config(D)
     precision = _precision(q.dtype, q.device)
-    common = dict(HAS_BIAS=bias4 is not None, PRECISION=precision, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
-                  num_warps=warps, num_stages=stages)
+    common = dict(HAS_BIAS=bias4 is not None, PRECISION=precision, BLOCK_D=_block_d(D))
     bstrides = _bias_strides(bias4)
     bias_arg = bias4 if bias4 is not None else q
     per_batch = bias4 is not None and bias4.shape[0] == B and B != 1
@@ -389,11 +418,11 @@ def attention_backward(do, q, k, v, bias, o, lse, scale, bias_grad: bool):
     else:
         db_full, dbs = dq, (0, 0, 0, 0)  # unused placeholder pointer
     # dQ first: it computes delta for the other two
-    _attn_bwd_dq[(B * H, triton.cdiv(Nq, bm))](
+    _attn_bwd_dq[lambda meta: (B * H, triton.cdiv(Nq, meta["BLOCK_M"]))](
         q, k, v, bias_arg, o, do, lse, delta, dq, db_full,
         *q.stride(), *k.stride(), *v.stride(), *bstrides, *o.stride(), *do.stride(), *dq.stride(), *dbs,
         B, H, Nq, Nk, D, scale * LOG2E, scale, WRITE_DB=write_db, **common)
-    _attn_bwd_dkdv[(B * H, triton.cdiv(Nk, bn))](
+    _attn_bwd_dkdv[lambda meta: (B * H, triton.cdiv(Nk, meta["BLOCK_N"]))](
         q, k, v, bias_arg, do, lse, delta, dk, dv,
         *q.stride(), *k.stride(), *v.stride(), *bstrides, *do.stride(), *dk.stride(),
         B, H, Nq, Nk, D, scale * LOG2E, scale, **common)
@@ -403,11 +432,11 @@ def attention_backward(do, q, k, v, bias, o, lse, scale, bias_grad: bool):
             dbias = db_full.contiguous()
         else:  # shared by the batch: summed over it on chip
             db = padded_bias(torch.empty(1, H, Nq, Nk, device=q.device, dtype=bias.dtype))
-            _attn_bwd_dbias[(H, triton.cdiv(Nq, bm), triton.cdiv(Nk, bn))](
+            _attn_bwd_dbias[lambda meta: (H, triton.cdiv(Nq, meta["BLOCK_M"]), triton.cdiv(Nk, meta["BLOCK_N"]))](
                 q, k, v, bias4, do, lse, delta, db,
                 *q.stride(), *k.stride(), *v.stride(), *bstrides[1:], *do.stride(), *db.stride()[1:],
                 B, H, Nq, Nk, D, scale * LOG2E,
-                PRECISION=precision, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages)
+                PRECISION=precision, BLOCK_D=_block_d(D))
             dbias = db.contiguous()
         dbias = dbias.reshape(bias.shape)
     return dq, dk, dv, dbias
