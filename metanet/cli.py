@@ -349,7 +349,7 @@ def search_cmd(ctx, sets, config_file, resume_dir, as_json, **flags):
     With no arguments: the digits data, a 300M budget, 6 random trials, stages
     zero-cost,amateur,downstream (a few minutes on 2 CPU cores).
     """
-    from .errors import ConfigError
+    from .errors import ConfigError, RunError
     from .run_dir import RunDir
     from .search import run_search
     from .search_config import SearchConfig, load_config_file, merge_settings, parse_sets
@@ -368,11 +368,16 @@ def search_cmd(ctx, sets, config_file, resume_dir, as_json, **flags):
         cfg = SearchConfig.from_dict(data, source=config_file or "options")
     summary = run_search(cfg, resume=bool(resume_dir), echo=(lambda m: click.echo(m, err=True)))
     if as_json:
-        return _emit_json(summary.to_json())
-    click.echo(summary.table)
-    click.echo(f"run directory: {summary.run_dir}   (metanet results {summary.run_dir})")
-    if summary.plot:
-        click.echo(f"plot: {summary.plot}")
+        _emit_json(summary.to_json())
+    else:
+        click.echo(summary.table)
+        click.echo(f"run directory: {summary.run_dir}   (metanet results {summary.run_dir})")
+        if summary.plot:
+            click.echo(f"plot: {summary.plot}")
+    if summary.finished == 0:  # kept in the store, but a search that found nothing did not succeed
+        raise RunError(f"no trial finished ({summary.failed} failed"
+                       + (f"; first error: {summary.first_error}" if summary.first_error else "")
+                       + f"); the trials are in {summary.run_dir}")
 
 
 @cli.command("results")
@@ -428,8 +433,9 @@ def proxy_check_cmd(run_dir, top, sets, proxy_resolution, repeats, seed, budget,
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @click.option("--budget", default=None, help="The best trial of this budget (e.g. 300M).")
-@click.option("--rank", type=int, default=None, help="The K-th best trial (1 = best), within --budget if given.")
-@click.option("--trial", "trial_id", type=int, default=None, help="A trial by id.")
+@click.option("--rank", type=click.IntRange(min=1), default=None,
+              help="The K-th best trial (1 = best), within --budget if given.")
+@click.option("--trial", "trial_id", type=click.IntRange(min=1), default=None, help="A trial by id.")
 @click.option("--format", "formats", default="", help="Also write: torchscript, onnx (comma-separated).")
 @click.option("--num-classes", type=click.IntRange(min=0), default=0, show_default=True,
               help="Classifier size of the exported model (0: pooled features).")

@@ -8,7 +8,9 @@ timm and metanet, never NNI.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +59,7 @@ def select_trial(run: RunDir, budget=None, rank: int | None = None, trial: int |
     ok = run.ranked(b, status=OK, store=store)
     if not ok:
         raise ExportError(f"{run.path}: no finished trial" + (f" for budget {format_flops(b)}" if b else ""))
-    rank = rank or 1
+    rank = 1 if rank is None else rank
     if not 1 <= rank <= len(ok):
         raise ExportError(f"rank: {rank} is out of range (1-{len(ok)} finished trials)")
     return ok[rank - 1]
@@ -79,9 +81,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, budget=None, rank: i
         known = ", ".join([*FORMATS, *sorted(plugin_formats)])
         raise ExportError(f"format: unknown format {unknown[0]!r} (expected {known})")
     out_dir = Path(out_dir)
+    run = RunDir.open(run_dir)
+    check_out_dir(run.path, out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir}: exists and is not a folder")
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise ExportError(f"{out_dir}: exists and is not empty; use --force to replace it")
-    run = RunDir.open(run_dir)
     cfg = run.config
     row = select_trial(run, budget, rank, trial)
     try:
@@ -107,9 +112,24 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, budget=None, rank: i
         note = ("weights: RANDOMLY INITIALISED: the stages of this run did not train a backbone for trial "
                 f"{row['id']} (zero-cost only, or not among the best kept); train it before use")
 
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    # Everything is written into a sibling folder and moved into place at the end: a killed export
+    # leaves the old folder (or nothing) at --out, never half of one.
+    final_dir = out_dir
+    out_dir = staging_dir(final_dir)
+    try:
+        files = _write(out_dir, final_dir, model, spec, row, cfg, run_dir, note, trained, num_classes, img_size,
+                       formats, plugin_formats, save_file)
+        _fsync_tree(out_dir)
+        publish(out_dir, final_dir)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    files = [final_dir / f.relative_to(out_dir) if f.is_relative_to(out_dir) else f for f in files]
+    return ExportResult(final_dir, row, trained, files, load_snippet(final_dir), note)
+
+
+def _write(out_dir, final_dir, model, spec, row, cfg, run_dir, note, trained, num_classes, img_size, formats,
+           plugin_formats, save_file) -> list[Path]:
     files = []
     spec.save(out_dir / "arch.json")
     files.append(out_dir / "arch.json")
@@ -142,10 +162,108 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, budget=None, rank: i
     for name in formats:  # formats added by plugins (metanet_register_exporters)
         if name not in FORMATS:
             files.append(Path(plugin_formats[name].obj(model, spec, str(out_dir))))
-    load_line = load_snippet(out_dir)
-    (out_dir / "README.md").write_text(_readme(out_dir, row, cfg, note, load_line, formats))
+    load_line = load_snippet(final_dir)  # the README names the folder where it will be
+    (out_dir / "README.md").write_text(_readme(final_dir, row, cfg, note, load_line, formats))
     files.append(out_dir / "README.md")
-    return ExportResult(out_dir, row, trained, files, load_line, note)
+    return files
+
+
+def check_out_dir(run_dir: Path, out_dir: Path) -> None:
+    """--out may be neither the run, nor inside it, nor a folder that holds it (--force would delete it)."""
+    run, out = run_dir.resolve(), out_dir.resolve()
+    if out == run:
+        raise ExportError(f"out: {out_dir} is the run directory itself; export to another folder")
+    if run in out.parents:
+        raise ExportError(f"out: {out_dir} is inside the run directory {run_dir}; export to a folder outside it")
+    if out in run.parents:
+        raise ExportError(f"out: {out_dir} holds the run directory {run_dir}; export to a folder outside it")
+
+
+STAGING = ".metanet-export-"
+
+
+def staging_dir(final_dir: Path) -> Path:
+    """A fresh sibling of ``final_dir`` (same filesystem, so the last step is a rename); leftovers of
+    exports that were killed are removed first."""
+    parent = final_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    prefix = f"{STAGING}{final_dir.name}-"
+    for old in parent.glob(f"{prefix}*"):
+        pid = old.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = parent / f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_tree(path: Path) -> None:
+    for f in path.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    return False  # EINVAL/ENOSYS (filesystem or kernel without it): the caller falls back
+
+
+def publish(staged: Path, final_dir: Path) -> None:
+    """Move the finished export into place. An existing folder (--force, checked earlier) is replaced
+    only now: swapped atomically where the kernel can, else moved aside, the new one moved in, the old
+    one deleted, so a kill at any moment leaves a complete export at --out or beside it."""
+    if not final_dir.exists():
+        os.rename(staged, final_dir)
+    elif final_dir.is_dir() and not any(final_dir.iterdir()):
+        final_dir.rmdir()
+        os.rename(staged, final_dir)
+    elif _exchange(staged, final_dir):
+        shutil.rmtree(staged)  # now holds the old export
+    else:
+        aside = staged.with_name(staged.name + "-old")
+        os.rename(final_dir, aside)
+        os.rename(staged, final_dir)
+        shutil.rmtree(aside)
+    _fsync_dir(final_dir.parent)
 
 
 def _readme(out_dir, row, cfg, note, load_line, formats) -> str:
@@ -172,8 +290,8 @@ As a backbone for detection or segmentation:
 
 ```python
 import metanet, timm
-backbone = timm.create_model('metanet', arch='{d}/arch.json', pretrained=True,
-                             pretrained_cfg_overlay=dict(file='{d}/model.safetensors', num_classes=0),
+backbone = timm.create_model('metanet', arch={str(d / 'arch.json')!r}, pretrained=True,
+                             pretrained_cfg_overlay=dict(file={str(d / 'model.safetensors')!r}, num_classes=0),
                              features_only=True, out_indices=(2, 3, 5, 6))
 ```
 

@@ -99,9 +99,6 @@ def _key(cfg: SearchConfig) -> str:
 def proxy_check(run_dir: str | Path, top: int, sets: dict[str, dict] | None = None,
                 proxy_resolution: int | None = None, repeats: int | None = None, budget: int | None = None,
                 seed: int | None = None, echo=lambda *_: None) -> ProxyCheck:
-    from .search_spaces.spec import ArchSpec
-    from .trial import evaluate_spec, trial_settings
-
     if top < MIN_TRIALS:
         raise ConfigError(f"top: need at least {MIN_TRIALS} trials to correlate rankings, got {top}", param="top")
     run = RunDir.open(run_dir)
@@ -118,8 +115,19 @@ def proxy_check(run_dir: str | Path, top: int, sets: dict[str, dict] | None = No
     check_dir = run.path / f"proxy-check-{_key(check_cfg)}"
     if (check_dir / RunDir.CONFIG).exists():
         check = RunDir.open(check_dir)
+        check.acquire()
     else:
-        check = RunDir.create(replace(check_cfg, out=str(check_dir), trials=len(chosen)))
+        check = RunDir.create(replace(check_cfg, out=str(check_dir), trials=len(chosen)))  # locked
+    try:
+        return _recheck(run, check, chosen, echo)
+    finally:
+        check.release()
+
+
+def _recheck(run: RunDir, check: RunDir, chosen: list[dict], echo) -> ProxyCheck:
+    from .search_spaces.spec import ArchSpec
+    from .trial import evaluate_spec, trial_settings
+
     store = check.store
     for row in store.trials(status=RUNNING):  # in flight when a previous check was killed
         store.delete(row["id"])

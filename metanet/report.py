@@ -19,6 +19,8 @@ class SearchSummary:
     screened: dict[int, int]
     table: str
     plot: Path | None
+    finished: int = 0                # trials that finished with a score, every budget
+    first_error: str | None = None   # the error of the first failed trial (trial id: message)
 
     def to_json(self) -> dict:
         best = {str(b): (r and {"id": r["id"], "flops": r["flops"], "params": r["params"], "score": r["score"],
@@ -61,9 +63,11 @@ def summarize(run: RunDir, write: bool = True) -> SearchSummary:
     if write:
         (run.path / run.SUMMARY).write_text(table + "\n")
         plot = _plot(run, ok) if ok else None
+    failed = store.trials(status=FAILED)
+    first_error = f"trial {failed[0]['id']}: {' '.join(str(failed[0]['error']).split())}" if failed else None
     return SearchSummary(run.path, best, sum(c["trials"] for c in counts.values()),
                          sum(c["failed"] for c in counts.values()), {b: c["screened"] for b, c in counts.items()},
-                         table, plot)
+                         table, plot, len(ok), first_error)
 
 
 def _fmt(value: float | None) -> str:

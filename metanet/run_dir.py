@@ -6,6 +6,8 @@ and the one place that ranks trials and picks the best per budget.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from functools import cached_property
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 
 from .errors import ConfigError, RunError
 from .search_config import SearchConfig
-from .store import FAILED, OK, TrialStore
+from .store import DONE, FAILED, OK, TrialStore
 
 KEEP_WEIGHTS = 3  # per budget: the trained backbones of the best trials, for export
 
@@ -30,23 +32,38 @@ class RunDir:
     WEIGHTS = "weights"
     SUMMARY = "summary.txt"
     PLOT = "pareto.png"
+    LOCK = "lock"
 
     def __init__(self, path: str | Path, config: SearchConfig | None = None):
         self.path = Path(path)
         self._config = config
+        self._lock_fd: int | None = None
 
     # -- creating and opening ----------------------------------------------------------------------
     @classmethod
     def create(cls, cfg: SearchConfig) -> "RunDir":
-        """A new run directory for ``cfg`` (``cfg.out`` or a timestamped one); refuses to reuse a run."""
+        """A new run directory for ``cfg`` (``cfg.out`` or a timestamped one), returned locked; refuses to
+        reuse a run. The caller releases the lock (:meth:`release`) when it stops writing."""
         path = Path(cfg.out or f"runs/search-{time.strftime('%Y%m%d-%H%M%S')}")
-        if (path / cls.STORE).exists() or (path / cls.CONFIG).exists():
-            raise RunError(f"{path}: already holds a search; use --resume {path} or another --out")
+        cls._refuse_existing(path)  # before anything is created
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{path}: exists and is not a directory")
         path.mkdir(parents=True, exist_ok=True)
         cfg.out = str(path)
         run = cls(path, cfg)
-        (path / cls.CONFIG).write_text(cfg.to_json())
+        run.acquire()
+        try:
+            cls._refuse_existing(path)  # another process may have made it a run between the check and the lock
+            write_atomic(path / cls.CONFIG, cfg.to_json())
+        except BaseException:
+            run.release()
+            raise
         return run
+
+    @classmethod
+    def _refuse_existing(cls, path: Path) -> None:
+        if (path / cls.STORE).exists() or (path / cls.CONFIG).exists():
+            raise RunError(f"{path}: already holds a search; use --resume {path} or another --out")
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":
@@ -64,7 +81,7 @@ class RunDir:
             try:
                 data = json.loads(path.read_text())
             except (OSError, ValueError) as exc:
-                raise RunError(f"{path}: damaged ({exc})") from None
+                raise RunError(f"{self.path}: {self.CONFIG} is damaged: {_one_line(exc)}") from None
             try:
                 self._config = SearchConfig.from_dict(data, source=str(path))
             except ConfigError as exc:
@@ -79,22 +96,69 @@ class RunDir:
         """The store of a run that must exist (results, export): never creates one."""
         return TrialStore(self.path / self.STORE, create=False)
 
+    # -- the writer's lock --------------------------------------------------------------------------
+    def acquire(self) -> None:
+        """Become the one writer of this run, or fail at once naming the process that is.
+
+        An exclusive ``flock`` on RUN/lock: the kernel drops it when the holder exits or dies, so a
+        killed search never leaves a stale lock behind; the file only says who holds it.
+        """
+        import fcntl
+        if self._lock_fd is not None:
+            return
+        lock_path = self.path / self.LOCK
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunError(f"{lock_path}: cannot open the run's lock file ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace")
+            os.close(fd)
+            raise RunError(f"{self.path}: in use by another search ({_describe_holder(holder)}); "
+                           "wait for it to end or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
+
     # -- files -----------------------------------------------------------------------------------
     def weights_path(self, trial_id: int) -> Path:
         return self.path / self.WEIGHTS / f"trial_{trial_id}.safetensors"
 
-    def keep_weights(self, budget: int, trial_id: int, weights: dict, stage: str, img_size: int) -> None:
-        """Save the trial's trained backbone if it is among the best of its budget; drop those that fell out."""
-        ranked = self.ranked(budget, status=OK)
-        keep = {r["id"] for r in ranked[:KEEP_WEIGHTS]}
-        if trial_id in keep:
-            from safetensors.torch import save_file
-            path = self.weights_path(trial_id)
-            path.parent.mkdir(exist_ok=True)
-            tensors = {k: v.contiguous() for k, v in weights.items()}
-            save_file(tensors, str(path), metadata={"stage": stage, "img_size": str(img_size), "trial": str(trial_id)})
-        for r in ranked[KEEP_WEIGHTS:]:
-            self.weights_path(r["id"]).unlink(missing_ok=True)
+    def kept(self, budget: int, trial_id: int | None = None, score: float | None = None) -> list[int]:
+        """Ids of the trials whose weights are kept for ``budget``: the best finished ones, counting
+        ``trial_id`` with ``score`` as if it had finished (its row is written after its weights)."""
+        rows = [r for r in self.ranked(budget, status=OK) if r["id"] != trial_id and r["score"] is not None]
+        if trial_id is not None and score is not None:
+            rows.append({"id": trial_id, "status": OK, "score": score})
+        return [r["id"] for r in sorted(rows, key=_score_order)[:KEEP_WEIGHTS]]
+
+    def save_weights(self, trial_id: int, weights: dict, stage: str, img_size: int) -> None:
+        """Write a trial's trained backbone atomically: a killed process leaves the old file or the new one."""
+        from safetensors.torch import save_file
+        path = self.weights_path(trial_id)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tensors = {k: v.contiguous() for k, v in weights.items()}
+        save_file(tensors, str(tmp), metadata={"stage": stage, "img_size": str(img_size), "trial": str(trial_id)})
+        _fsync(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+    def drop_weights(self, budget: int) -> None:
+        """Delete the kept weights of trials that fell out of the best of ``budget``."""
+        keep = set(self.kept(budget))
+        for r in self.ranked(budget):
+            # a running trial may have written its weights already and not yet its row: never touched here
+            if r["status"] in DONE and r["id"] not in keep:
+                self.weights_path(r["id"]).unlink(missing_ok=True)
 
     # -- ranking -----------------------------------------------------------------------------------
     def ranked(self, budget: int | None = None, status: str | None = None, store: TrialStore | None = None
@@ -128,3 +192,40 @@ class RunDir:
         rows = store.trials(budget)
         return {"trials": len(rows), "failed": sum(r["status"] == FAILED for r in rows),
                 "screened": store.counter(budget, "screened"), "proposals": store.counter(budget, "proposals")}
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _describe_holder(text: str) -> str:
+    try:
+        h = json.loads(text)
+        return f"pid {h['pid']} on {h['host']}, started {h['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "a process that has not written its name yet"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (directories are fsynced through a read-only descriptor)."""
+    try:
+        _fsync(path)
+    except OSError:  # some filesystems refuse fsync on directories; the rename is still atomic
+        pass
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a reader (or a killed writer) sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)

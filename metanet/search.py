@@ -7,10 +7,11 @@ run's store the moment they end (:mod:`metanet.trial`); the summary comes from :
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from .budget import format_flops
-from .errors import ConfigError, UnknownName
+from .errors import ConfigError, RunError, UnknownName
 from .progress import Progress
 from .report import SearchSummary, summarize
 from .run_dir import RunDir
@@ -30,7 +31,9 @@ def check_config(cfg: SearchConfig):
     _lookup("strategy", pm.strategy, cfg.strategy)
     space = _lookup("space", get_space, cfg.space)
     check_stages(pm, cfg.stages, cfg.settings)
+    check_score(pm, cfg)
     check_engine(cfg)
+    check_data(pm, cfg)
     from .search_spaces.budget_space import budget_space
     for b in cfg.flops:
         try:
@@ -46,6 +49,42 @@ def check_config(cfg: SearchConfig):
         if cfg.budget_mode != "project":
             budget_space(space, b, cfg.band, cfg.resolution)  # raises its own one-line error
     return space
+
+
+def check_score(pm, cfg: SearchConfig) -> None:
+    """Every metric of the score must come from a stage of the search (``STAGE.METRIC``), or every
+    trial would fail when its score is computed."""
+    from .stages import default_score_weights
+    weights = cfg.score or default_score_weights(cfg.stages, pm)
+    for key in weights:
+        stage = key.split(".", 1)[0]
+        if "." not in key or stage not in cfg.stages:
+            raise ConfigError(f"score: metric {key!r} comes from no stage of this search (write STAGE.METRIC, "
+                              f"stages: {','.join(cfg.stages)})", param="score")
+
+
+def check_data(pm, cfg: SearchConfig) -> None:
+    """The data, loaded now where trials run in this process (they then reuse it), else checked for
+    existence: a missing folder or an unknown dataset fails the command, not every trial."""
+    from .errors import DataError, MetanetError
+    name, colon, path = cfg.data.partition(":")
+    if colon and name in pm.registry["datasets"]:
+        folder = path
+    elif os.sep in cfg.data or os.path.isdir(cfg.data):
+        folder = cfg.data
+    else:
+        folder = None
+        _lookup("data", pm.dataset, cfg.data)
+    if folder is not None and not os.path.isdir(folder):
+        raise DataError(f"data: {folder}: no such folder", param="data")
+    if cfg.engine == "sequential":
+        from .trial import trial_data
+        try:
+            trial_data(pm, cfg.data, cfg.proxy_resolution, cfg.seed, cfg.val_fraction)
+        except MetanetError:
+            raise
+        except Exception as exc:  # what a loader raised would otherwise fail every trial the same way
+            raise DataError(f"data: {cfg.data}: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
 
 
 def check_engine(cfg: SearchConfig) -> str | None:
@@ -88,6 +127,27 @@ def attention_grid_warning(cfg: SearchConfig, space) -> str | None:
             f"tokens, where attention cannot be ranked: {'; '.join(small)}; use 64 or more")
 
 
+def repair_missing_weights(cfg: SearchConfig, run: RunDir, budget: int, settings: dict, echo) -> None:
+    """Finished trials among the kept best whose weights are missing (a process killed between an old
+    version's row and its weights, or a deleted file) are evaluated again, so export never ships
+    random weights for a trial the stages trained. Remote trials keep their weights on the machines."""
+    from .plugin_manager import registry
+    from .trial import repair_weights
+    pm = registry(cfg.plugins)
+    if cfg.training_service != "local" or not any(pm.stage(name).trains_backbone for name in cfg.stages):
+        return
+    tried: set[int] = set()
+    while True:
+        missing = [i for i in run.kept(budget) if i not in tried and not run.weights_path(i).exists()]
+        if not missing:
+            break
+        row = next(r for r in run.store.trials(budget) if r["id"] == missing[0])
+        tried.add(row["id"])
+        echo(f"resume: trial {row['id']} finished but its kept weights are missing; evaluating it again")
+        repair_weights(run, row, settings)
+    run.drop_weights(budget)
+
+
 def _lookup(option: str, find, name: str):
     try:
         return find(name)
@@ -97,14 +157,31 @@ def _lookup(option: str, find, name: str):
 
 def run_search(cfg: SearchConfig, resume: bool = False, progress: bool | None = None,
                echo=print) -> SearchSummary:
-    """Run (or, with ``resume``, continue the run in ``cfg.out``); the Python API of ``metanet search``."""
+    """Run (or, with ``resume``, continue the run in ``cfg.out``); the Python API of ``metanet search``.
+
+    The run directory is locked for the whole search (:meth:`RunDir.acquire`)."""
+    space = check_config(cfg)
+    if resume:
+        run = RunDir(cfg.out, cfg)
+        if not (run.path / RunDir.CONFIG).is_file():
+            raise RunError(f"{run.path}: not a search run directory (no {RunDir.CONFIG})")
+        if (run.path / RunDir.STORE).exists():
+            run.read_store()  # a damaged store is named now, before the run is touched
+        run.acquire()
+    else:
+        run = RunDir.create(cfg)  # locked: a second writer fails at once, naming this process
+    try:
+        return _run_locked(cfg, run, space, progress, echo)
+    finally:
+        run.release()
+
+
+def _run_locked(cfg: SearchConfig, run: RunDir, space, progress, echo) -> SearchSummary:
     from .nni_experiment import run_experiment
     from .plugin_manager import registry
     from .search_spaces.spec import ArchSpec
     from .trial import evaluate_spec, trial_settings
 
-    space = check_config(cfg)
-    run = RunDir(cfg.out, cfg) if resume else RunDir.create(cfg)
     store = run.store
     total = cfg.trials * len(cfg.flops)
     bar = Progress(store, total, enabled=sys.stderr.isatty() if progress is None else progress)
@@ -124,7 +201,9 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool | None = 
             # Trials that were in flight when a previous process died run again, first.
             for row in store.trials(budget, status=RUNNING):
                 store.delete(row["id"])
+                run.weights_path(row["id"]).unlink(missing_ok=True)  # written before a row that never came
                 evaluate_spec(ArchSpec.from_dict(row["spec"]), settings)
+            repair_missing_weights(cfg, run, budget, settings, echo)
             # Proposals that land on an architecture already evaluated count as NNI trials but add no
             # row (the stored score is replayed): run again, with a fresh strategy seed, until the
             # budget has its trials.

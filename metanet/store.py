@@ -13,6 +13,9 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator
+from urllib.parse import quote
+
+from .errors import RunError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
@@ -50,9 +53,13 @@ def spec_key(spec: dict[str, Any]) -> str:
 class TrialStore:
     def __init__(self, path: str | os.PathLike, create: bool = True):
         self.path = os.path.abspath(path)  # the same file whatever the working directory becomes
-        if not create and not os.path.exists(self.path):
-            from .errors import RunError
-            raise RunError(f"{os.path.dirname(self.path) or '.'}: no trial store ({os.path.basename(self.path)})")
+        self.shown = str(path)  # as the user named it, for messages
+        self.read_only = not create
+        if not create and not os.path.isfile(self.path):
+            raise RunError(f"{os.path.dirname(self.shown) or '.'}: no trial store ({os.path.basename(self.path)})")
+        if not create:
+            with self._connect() as db:  # a garbage file fails here, not in the middle of a report
+                db.execute("SELECT id, budget, status, spec, score FROM trials LIMIT 1").fetchall()
         if create:
             with self._connect() as db:
                 db.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
@@ -65,16 +72,36 @@ class TrialStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=60)
-        db.row_factory = sqlite3.Row
-        # WAL with synchronous=NORMAL: a commit survives the process being killed (what resume relies
-        # on) without an fsync per trial event; only a power cut may lose the last commits.
-        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            if self.read_only:  # results and export: never create or change a file of the run
+                # Without a write-ahead log nothing is pending and SQLite may read the file as it is;
+                # otherwise even a read-only connection would leave -wal and -shm files behind.
+                # With one (a search running, or killed), reading through it creates nothing new.
+                mode = "ro" if os.path.exists(self.path + "-wal") else "ro&immutable=1"
+                db = sqlite3.connect(f"file:{quote(self.path)}?mode={mode}", uri=True, timeout=60)
+            else:
+                db = sqlite3.connect(self.path, timeout=60)
+            db.row_factory = sqlite3.Row
+            # WAL with synchronous=NORMAL: a commit survives the process being killed (what resume relies
+            # on) without an fsync per trial event; only a power cut may lose the last commits.
+            if not self.read_only:
+                db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            raise self._damaged(exc) from None
         try:
             with db:  # one transaction, committed on exit
                 yield db
+        except sqlite3.Error as exc:
+            raise self._damaged(exc) from None
         finally:
             db.close()
+
+    def _damaged(self, exc: Exception) -> RunError:
+        where = f"{os.path.dirname(self.shown) or '.'}: {os.path.basename(self.path)}"
+        text = " ".join(str(exc).split())
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+            return RunError(f"{where} is busy ({text}); another process holds it")
+        return RunError(f"{where} is damaged: {text}")
 
     def start(self, budget: int, spec: dict, flops: int, params: int, seed: int, proposal: dict | None = None,
               rewritten: int | None = None) -> int:
@@ -127,9 +154,19 @@ class TrialStore:
         out = []
         for r in rows:
             d = dict(r)
-            d["spec"] = json.loads(d["spec"])
-            d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
-            d["proposal"] = json.loads(d["proposal"]) if d.get("proposal") else None
+            try:
+                d["spec"] = json.loads(d["spec"])
+                d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
+                d["proposal"] = json.loads(d["proposal"]) if d.get("proposal") else None
+            except (TypeError, ValueError) as exc:
+                raise self._damaged(ValueError(f"trial {d.get('id')}: {exc}")) from None
+            if not isinstance(d["spec"], dict) or not isinstance(d["metrics"], dict):
+                raise self._damaged(ValueError(f"trial {d.get('id')}: spec or metrics is not a JSON object"))
+            if d["status"] == OK and not isinstance(d["score"], (int, float)):
+                # a finished trial without a usable score cannot be ranked: read it as failed
+                d["status"], d["error"] = FAILED, d.get("error") or f"stored score is {d['score']!r}"
+                if status is not None and status != FAILED:
+                    continue
             out.append(d)
         return out
 

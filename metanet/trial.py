@@ -37,6 +37,15 @@ def _absolute_data(source: str) -> str:
     return os.path.abspath(source) if os.path.isdir(source) else source
 
 
+def trial_data(pm, data: str, proxy_resolution: int, seed: int, val_fraction: float):
+    """The data of a trial, loaded once per process (the search's check loads what its trials then use)."""
+    from .data import load_data
+    key = (_absolute_data(data), proxy_resolution, seed, val_fraction)
+    if key not in _data_cache:
+        _data_cache[key] = load_data(pm, key[0], proxy_resolution, seed, val_fraction)
+    return _data_cache[key]
+
+
 def soft_reward(score: float, flops: float, budget: float, weight: float) -> float:
     """MnasNet's soft constraint: ``score * (flops / budget) ** weight`` (for a positive score)."""
     return score * (flops / budget) ** weight
@@ -52,7 +61,7 @@ def rewritten_count(proposed: dict[str, Any] | None, evaluated: dict[str, Any]) 
 def _evaluate(spec, s: dict[str, Any], model=None, trial_id: int | None = None) -> dict[str, Any]:
     """Run the stages on ``spec``: the outcome as the store records it, and the result (None if it failed
     before the stages ran)."""
-    from .data import DEFAULT_VAL_FRACTION, load_data
+    from .data import DEFAULT_VAL_FRACTION
     from .plugin_manager import registry
     from .stages import evaluate_repeated
 
@@ -60,11 +69,8 @@ def _evaluate(spec, s: dict[str, Any], model=None, trial_id: int | None = None) 
     result = None
     try:
         pm = registry(s["plugins"])
-        val_fraction = s.get("val_fraction", DEFAULT_VAL_FRACTION)
-        key = (s["data"], s["proxy_resolution"], s["seed"], val_fraction)
-        if key not in _data_cache:
-            _data_cache[key] = load_data(pm, s["data"], s["proxy_resolution"], s["seed"], val_fraction)
-        result = evaluate_repeated(spec, s["stages"], _data_cache[key], config=s["settings"], pm=pm,
+        data = trial_data(pm, s["data"], s["proxy_resolution"], s["seed"], s.get("val_fraction", DEFAULT_VAL_FRACTION))
+        result = evaluate_repeated(spec, s["stages"], data, config=s["settings"], pm=pm,
                                    score_weights=s["score"], seed=s["seed"], repeats=s.get("repeats", 1),
                                    trial={"id": trial_id, "budget": s["budget"]}, model=model,
                                    accelerator=s.get("accelerator", "auto"), precision=s.get("precision", "32"),
@@ -125,13 +131,36 @@ def evaluate_spec(spec, s: dict[str, Any], proposal: dict | None = None,
     est = estimate(spec, s["resolution"])
     trial_id = store.start(s["budget"], spec_dict, est.flops, est.params, s["seed"], proposal, rewritten)
     outcome = _evaluate(spec, s, model, trial_id)
-    result, reward = outcome["result"], _reward(outcome, est.flops, s)
-    store.finish(trial_id, outcome["status"], outcome["metrics"], outcome["score"], outcome["error"],
-                 outcome["seconds"], reward, outcome["test_score"])
-    if outcome["status"] == OK and result.backbone_stage:
-        run.keep_weights(s["budget"], trial_id, result.backbone_weights, result.backbone_stage, s["proxy_resolution"])
+    reward = _reward(outcome, est.flops, s)
+    commit_trial(run, trial_id, outcome, reward, s)
     row = {"id": trial_id, "status": outcome["status"], "score": outcome["score"], "reward": reward}
     return (reward if reward is not None else s["invalid_score"]), row
+
+
+def commit_trial(run, trial_id: int, outcome: dict[str, Any], reward: float | None, s: dict[str, Any]) -> None:
+    """Weights first (atomically), then the row: a process killed in between leaves the trial
+    ``running``, which resume evaluates again, never an ``ok`` row whose kept weights are missing."""
+    result = outcome["result"]
+    if outcome["status"] == OK and result is not None and result.backbone_stage \
+            and trial_id in run.kept(s["budget"], trial_id, outcome["score"]):
+        run.save_weights(trial_id, result.backbone_weights, result.backbone_stage, s["proxy_resolution"])
+    run.store.finish(trial_id, outcome["status"], outcome["metrics"], outcome["score"], outcome["error"],
+                     outcome["seconds"], reward, outcome["test_score"])
+    if outcome["status"] == OK:
+        run.drop_weights(s["budget"])
+
+
+def repair_weights(run, row: dict[str, Any], s: dict[str, Any]) -> bool:
+    """Evaluate a finished trial again to restore kept weights a killed process never wrote; its row
+    takes the new outcome. Returns whether the weights are back."""
+    from .search_spaces.spec import ArchSpec
+    outcome = _evaluate(ArchSpec.from_dict(row["spec"]), s, trial_id=row["id"])
+    result = outcome["result"]
+    if outcome["status"] == OK and result is not None and result.backbone_stage:
+        run.save_weights(row["id"], result.backbone_weights, result.backbone_stage, s["proxy_resolution"])
+    run.store.finish(row["id"], outcome["status"], outcome["metrics"], outcome["score"], outcome["error"],
+                     outcome["seconds"], _reward(outcome, row["flops"], s), outcome["test_score"])
+    return run.weights_path(row["id"]).exists()
 
 
 def nni_trial(model, settings: dict[str, Any]) -> None:

@@ -171,14 +171,14 @@ class ArchSpec:
         extra = sorted(k for k in data if k not in expected and k != "version")
         if extra:
             raise SpecError(f"{source}: unknown key{'s' if len(extra) > 1 else ''} {', '.join(repr(k) for k in extra)}")
-        stem = _positive_int(data, "stem_width", source)
-        head_dim = _positive_int(data, "head_dim", source)
+        stem = _positive_int(data, "stem_width", source, MAX_WIDTH)
+        head_dim = _positive_int(data, "head_dim", source, MAX_WIDTH)
         stages = []
         for i in range(NUM_STAGES):
             op = _member(data, stage_key(i, "op"), known_ops(), source)
-            depth = _positive_int(data, stage_key(i, "depth"), source)
-            width = _positive_int(data, stage_key(i, "width"), source)
-            expand = _positive_number(data, stage_key(i, "expand"), source)
+            depth = _positive_int(data, stage_key(i, "depth"), source, MAX_DEPTH)
+            width = _positive_int(data, stage_key(i, "width"), source, MAX_WIDTH)
+            expand = _positive_number(data, stage_key(i, "expand"), source, MAX_EXPAND)
             dsm = _member(data, stage_key(i, "dsm"), DSMS, source)
             stages.append(StageSpec(op, depth, width, expand, dsm))
         try:
@@ -212,21 +212,30 @@ def stage_grids(img_size: int | tuple[int, int]) -> list[tuple[int, int]]:
     return grids
 
 
-def _positive_int(data, key, source):
+# Far above any released model (MN-B15, UniNet-B6) and any budget-centred space, low enough that a
+# typo cannot make a build allocate without end: a spec is refused before anything is built.
+MAX_DEPTH, MAX_WIDTH, MAX_EXPAND = 64, 8192, 32
+
+
+def _positive_int(data, key, source, maximum=None):
     value = data[key]
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise SpecError(f"{source}: {key}: expected a positive integer, got {value!r}")
     if value <= 0:
         raise SpecError(f"{source}: {key}: must be positive, got {value}")
+    if maximum is not None and value > maximum:
+        raise SpecError(f"{source}: {key}: at most {maximum}, got {value}")
     return int(value)
 
 
-def _positive_number(data, key, source):
+def _positive_number(data, key, source, maximum=None):
     value = data[key]
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise SpecError(f"{source}: {key}: expected a positive number, got {value!r}")
     if value <= 0:
         raise SpecError(f"{source}: {key}: must be positive, got {value}")
+    if maximum is not None and value > maximum:
+        raise SpecError(f"{source}: {key}: at most {maximum}, got {value}")
     return int(value) if float(value).is_integer() else float(value)
 
 

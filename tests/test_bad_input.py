@@ -1,0 +1,482 @@
+"""Bad input across every command, and the faults a run directory must survive.
+
+Each bad input must fail with a non-zero status and one ``Error:`` line naming the field or file,
+print no traceback, and create or change nothing on disk. The fault tests kill searches and exports
+with SIGKILL and run two writers on one run: nothing finished may be lost or duplicated, and an export
+folder is always the old one or the new one, complete.
+"""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from metanet.cli import cli
+from metanet.run_dir import RunDir
+from metanet.search import run_search
+from metanet.search_config import SearchConfig
+from metanet.store import TrialStore
+
+FAST = {"stages": ["zero-cost"], "proxy_resolution": 16, "flops": [400_000_000]}
+SEARCH = ["search", "--stages", "zero-cost", "--proxy-resolution", "16", "--trials", "1", "--out", "new"]
+
+
+def _spec(**overrides):
+    from conftest import tiny_spec_dict
+    return json.dumps(tiny_spec_dict(**overrides))
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """A workspace with a good run, damaged copies of it, and the files the bad inputs name."""
+    ws = tmp_path_factory.mktemp("ws")
+    run_search(SearchConfig.from_dict({**FAST, "trials": 1, "out": str(ws / "run")}), progress=False,
+               echo=lambda m: None)
+    good_config = (ws / "run" / "config.json").read_text()
+    store = (ws / "run" / "trials.sqlite").read_bytes()
+    for name, config, data in [("garbage", good_config, b"this is not a database" * 50),
+                               ("trunc", good_config, store[:len(store) // 3]),
+                               ("empty_store", good_config, b""),
+                               ("badjson", "{not json", store),
+                               ("listcfg", "[1, 2]", store),
+                               ("badtype", json.dumps({**json.loads(good_config), "trials": 1.7}), store),
+                               ("nostore", good_config, None)]:
+        (ws / name).mkdir()
+        (ws / name / "config.json").write_text(config)
+        if data is not None:
+            (ws / name / "trials.sqlite").write_bytes(data)
+    (ws / "emptydir").mkdir()
+    (ws / "afile.txt").write_text("a file")
+    (ws / "exported").mkdir()
+    (ws / "exported" / "keep.txt").write_text("mine")
+    files = {
+        "badfield.json": _spec(s2_op="conv9x9"), "huge.json": _spec(s1_depth=10 ** 9),
+        "negwidth.json": _spec(s0_width=-5), "version.json": _spec(version=99), "list.json": "[]",
+        "garbage.json": "{nope", "empty.json": "",
+        "c_float.yaml": "trials: 1.7", "c_stages.yaml": "stages: 5", "c_seed.yaml": "seed: abc",
+        "c_unknown.yaml": "colour: blue", "c_band.yaml": "band: [0.5, .inf]", "c_settings.yaml": "settings: {zero-cost: 5}",
+        "c_flops.yaml": "flops: [true]", "c_list.yaml": "- a\n- b", "c_garbage.yaml": "a: [b\n", "c_bad.toml": "x = = 1",
+        "c_score.yaml": "score: 5", "c_strategy.yaml": "strategy: annealing",
+        "machines.yaml": "machines: []", "weights.pth": "not a checkpoint",
+    }
+    for name, text in files.items():
+        (ws / name).write_text(text)
+    return ws
+
+
+SPACE = [
+    (["space", "show", "--space", "nope"], "nope"),
+    (["space", "show", "--resolution", "0"], "--resolution"),
+    (["space", "show", "--resolution", "abc"], "--resolution"),
+    (["space", "show", "--flops", "abc"], "abc"),
+    (["space", "show", "--flops", "10M"], "10M"),
+    (["space", "show", "--flops", "600M", "--band", "1,0.5"], "--band"),
+    (["space", "show", "--flops", "600M", "--band", "0.5,inf"], "--band"),
+    (["space", "show", "--flops", "600M", "--band", "nan,1"], "--band"),
+    (["space", "show", "--band", "0.5"], "--band"),
+    (["space", "show", "--band", "a,b"], "--band"),
+    (["space", "show", "--bogus"], "--bogus"),
+    (["space", "sample", "--seed", "abc"], "--seed"),
+    (["space", "sample", "--flops", "-1"], "--flops"),
+    (["space", "sample", "--flops", "1.5X"], "--flops"),
+    (["space", "sample", "--flops", "0"], "--flops"),
+    (["space", "sample", "--band", "0,1"], "--band"),
+    (["space", "sample", "--band", "0.5,1.5"], "--band"),
+    (["space", "sample", "--space", "nope"], "nope"),
+    (["space", "sample", "--flops", "1T"], "1T"),
+    (["space", "nope"], "nope"),
+]
+
+SPECS = [
+    (["flops", "missing.json"], "missing.json"),
+    (["flops", "timm:not_a_model"], "not_a_model"),
+    (["flops", "metanet_b4", "--resolution", "0"], "--resolution"),
+    (["flops", "garbage.json"], "garbage.json"),
+    (["flops", "empty.json"], "empty.json"),
+    (["flops", "list.json"], "list.json"),
+    (["flops", "badfield.json"], "s2_op"),
+    (["flops", "huge.json"], "s1_depth"),
+    (["flops", "negwidth.json"], "s0_width"),
+    (["flops", "version.json"], "version"),
+    (["flops", "emptydir"], "emptydir"),
+    (["build", "missing.json"], "missing.json"),
+    (["build", "metanet_b4", "--num-classes", "-1"], "--num-classes"),
+    (["build", "badfield.json"], "s2_op"),
+    (["build", "huge.json"], "s1_depth"),
+    (["build", "metanet_b4", "--resolution", "8"], "--resolution"),
+    (["presets", "--bogus"], "--bogus"),
+    (["plugins", "extra"], "extra"),
+    (["-p", "no_such_plugin_module_xyz", "presets"], "no_such_plugin_module_xyz"),
+    (["nope-command"], "nope-command"),
+]
+
+EVALUATE = [
+    (["evaluate", "missing.json"], "missing.json"),
+    (["evaluate", "metanet_b4", "--stages", "nope"], "nope"),
+    (["evaluate", "metanet_b4", "--stages", ""], "stages"),
+    (["evaluate", "metanet_b4", "--stages", "zero-cost,zero-cost"], "listed twice"),
+    (["evaluate", "metanet_b4", "--set", "bad"], "STAGE.SETTING"),
+    (["evaluate", "metanet_b4", "--stages", "zero-cost", "--set", "zero-cost.batch_size=abc"], "zero-cost.batch_size"),
+    (["evaluate", "metanet_b4", "--stages", "zero-cost", "--set", "zero-cost.nope=1"], "nope"),
+    (["evaluate", "metanet_b4", "--stages", "zero-cost", "--data", "nope_dataset"], "nope_dataset"),
+    (["evaluate", "metanet_b4", "--proxy-resolution", "4"], "--proxy-resolution"),
+    (["evaluate", "metanet_b4", "--val-fraction", "1.5"], "--val-fraction"),
+    (["evaluate", "metanet_b4", "--repeats", "0"], "--repeats"),
+    (["evaluate", "metanet_b4", "--accelerator", "tpu"], "--accelerator"),
+    (["evaluate", "metanet_b4", "--precision", "8"], "--precision"),
+    (["evaluate", "metanet_b4", "--devices", "0"], "--devices"),
+    (["evaluate", "metanet_b4", "--score", "zero-cost.score=abc"], "score"),
+    (["evaluate", "metanet_b4", "--seed", "abc"], "--seed"),
+]
+
+S = SEARCH
+SEARCHES = [
+    ([*S, "--strategy", "annealing"], "strategy"),
+    ([*S, "--stages", "nope"], "nope"),
+    ([*S, "--stages", "zero-cost,zero-cost"], "listed twice"),
+    ([*S, "--stages", ","], "stages"),
+    ([*S, "--set", "amateur.max_steps=3"], "amateur"),
+    ([*S, "--set", "zero-cost.batch_size=abc"], "zero-cost.batch_size"),
+    ([*S, "--set", "zero-cost.nope=1"], "nope"),
+    ([*S, "--set", "noequals"], "noequals"),
+    ([*S, "--set", ".x=1"], ".x=1"),
+    ([*S, "--flops", "5M"], "flops"),
+    ([*S, "--flops", "abc"], "flops"),
+    ([*S, "--flops", "0"], "flops"),
+    ([*S, "--band", "0.5,inf"], "band"),
+    ([*S, "--band", "0.5"], "band"),
+    ([*S, "--band", "1,0.5"], "band"),
+    ([*S, "--trials", "0"], "--trials"),
+    ([*S, "--trials", "1.7"], "--trials"),
+    ([*S, "--proxy-resolution", "4"], "--proxy-resolution"),
+    ([*S, "--resolution", "8"], "--resolution"),
+    ([*S, "--val-fraction", "0"], "--val-fraction"),
+    ([*S, "--val-fraction", "1"], "--val-fraction"),
+    ([*S, "--engine", "nope"], "--engine"),
+    ([*S, "--accelerator", "tpu"], "--accelerator"),
+    ([*S, "--precision", "64"], "--precision"),
+    ([*S, "--devices", "0"], "--devices"),
+    ([*S, "--port", "0"], "--port"),
+    ([*S, "--port", "70000"], "--port"),
+    ([*S, "--concurrency", "0"], "--concurrency"),
+    ([*S, "--budget-mode", "nope"], "--budget-mode"),
+    ([*S, "--soft-weight", "abc"], "--soft-weight"),
+    ([*S, "--space", "nope"], "space"),
+    ([*S, "--data", "/nonexistent/metanet-data"], "/nonexistent/metanet-data"),
+    ([*S, "--data", "nope_dataset"], "nope_dataset"),
+    ([*S, "--score", "nope.acc=1"], "nope.acc"),
+    ([*S, "--score", "5"], "score"),
+    ([*S, "--score", "zero-cost.score=abc"], "score"),
+    ([*S, "--training-service", "machines.yaml"], "training_service"),
+    ([*S, "--engine", "ts", "--training-service", "missing.yaml"], "missing.yaml"),
+    ([*S, "--engine", "ts", "--training-service", "machines.yaml"], "machines.yaml"),
+    ([*S, "--gpus-per-trial", "1"], "gpus"),
+    ([*S, "--config", "missing.yaml"], "missing.yaml"),
+    ([*S, "--config", "c_garbage.yaml"], "c_garbage.yaml"),
+    ([*S, "--config", "c_list.yaml"], "c_list.yaml"),
+    (["search", "--stages", "zero-cost", "--config", "c_float.yaml", "--out", "new"], "trials"),
+    (["search", "--config", "c_stages.yaml", "--out", "new"], "stages"),
+    ([*S, "--config", "c_seed.yaml"], "seed"),
+    ([*S, "--config", "c_unknown.yaml"], "colour"),
+    ([*S, "--config", "c_band.yaml"], "band"),
+    ([*S, "--config", "c_settings.yaml"], "zero-cost"),
+    ([*S, "--config", "c_flops.yaml"], "flops"),
+    ([*S, "--config", "c_bad.toml"], "c_bad.toml"),
+    ([*S, "--config", "c_strategy.yaml"], "strategy"),
+    (["search", "--stages", "zero-cost", "--proxy-resolution", "16", "--config", "c_score.yaml", "--out", "new"],
+     "score"),
+    (["search", "--resume", "nowhere"], "nowhere"),
+    (["search", "--resume", "run", "--trials", "3"], "--resume"),
+    (["search", "--resume", "garbage"], "trials.sqlite is damaged"),
+    (["search", "--resume", "trunc"], "trials.sqlite is damaged"),
+    (["search", "--resume", "badjson"], "config.json is damaged"),
+    (["search", "--resume", "listcfg"], "config.json"),
+    (["search", "--resume", "badtype"], "trials"),
+    (["search", "--resume", "emptydir"], "emptydir"),
+    (["search", "--stages", "zero-cost", "--proxy-resolution", "16", "--out", "run"], "already holds a search"),
+    (["search", "--stages", "zero-cost", "--proxy-resolution", "16", "--out", "afile.txt"], "afile.txt"),
+]
+
+READING = [
+    (["results", "nowhere"], "nowhere"),
+    (["results", "emptydir"], "emptydir"),
+    (["results", "nostore"], "no trial store"),
+    (["results", "garbage"], "trials.sqlite is damaged"),
+    (["results", "trunc"], "trials.sqlite is damaged"),
+    (["results", "empty_store"], "trials.sqlite is damaged"),
+    (["results", "badjson"], "config.json is damaged"),
+    (["results", "listcfg"], "config.json"),
+    (["results", "badtype"], "trials"),
+    (["results", "run", "--top", "0"], "--top"),
+    (["results", "run", "--top", "abc"], "--top"),
+    (["results", "afile.txt"], "afile.txt"),
+    (["export", "run", "--out", "run"], "out: run"),
+    (["export", "run", "--out", "run/sub"], "out: run/sub"),
+    (["export", "run", "--out", ".", "--force"], "out: ."),
+    (["export", "run", "--out", "exported"], "exported"),
+    (["export", "run", "--out", "e", "--budget", "5G"], "budget"),
+    (["export", "run", "--out", "e", "--budget", "abc"], "budget"),
+    (["export", "run", "--out", "e", "--rank", "9"], "rank"),
+    (["export", "run", "--out", "e", "--rank", "0"], "--rank"),
+    (["export", "run", "--out", "e", "--trial", "999"], "trial"),
+    (["export", "run", "--out", "e", "--trial", "1", "--rank", "1"], "--trial"),
+    (["export", "run", "--out", "e", "--format", "nope"], "format"),
+    (["export", "run", "--out", "e", "--num-classes", "-1"], "--num-classes"),
+    (["export", "garbage", "--out", "e"], "trials.sqlite is damaged"),
+    (["export", "trunc", "--out", "e"], "trials.sqlite is damaged"),
+    (["export", "badjson", "--out", "e"], "config.json is damaged"),
+    (["export", "nostore", "--out", "e"], "no trial store"),
+    (["export", "run"], "--out"),
+    (["export", "run", "--out", "afile.txt"], "afile.txt"),
+    (["proxy-check", "run", "--top", "2"], "--top"),
+    (["proxy-check", "nowhere"], "nowhere"),
+    (["proxy-check", "run"], "needs at least"),
+    (["proxy-check", "run", "--set", "bad"], "STAGE.SETTING"),
+    (["proxy-check", "garbage"], "trials.sqlite is damaged"),
+    (["convert", "missing.pth", "--preset", "metanet_b4", "--out", "x.safetensors"], "missing.pth"),
+    (["convert", "weights.pth", "--preset", "nope", "--out", "x.safetensors"], "nope"),
+    (["convert", "weights.pth", "--out", "x.safetensors"], "--preset"),
+    (["convert", "weights.pth", "--preset", "uninet_b1", "--out", "x.safetensors"], "weights.pth"),
+]
+
+CASES = SPACE + SPECS + EVALUATE + SEARCHES + READING
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        out[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def test_at_least_a_hundred_bad_inputs():
+    assert len(CASES) >= 100
+    assert {c[0][0] for c in CASES} >= {"space", "flops", "build", "presets", "plugins", "evaluate", "search",
+                                        "results", "export", "proxy-check", "convert"}
+
+
+@pytest.mark.parametrize("args, words", CASES, ids=[" ".join(a for a in c[0] if a not in SEARCH[1:]) for c in CASES])
+def test_bad_input_fails_in_one_line_and_changes_nothing(ws, monkeypatch, args, words):
+    monkeypatch.chdir(ws)
+    before = snapshot(ws)
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, args)
+    assert time.monotonic() - started < 60, "bad input must fail fast"
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    assert words in errors[0], errors[0]
+    assert snapshot(ws) == before
+
+
+def test_a_bad_input_through_the_real_entry_point(ws):
+    # the console script, not the test runner: stderr gets one line, no traceback
+    proc = subprocess.run([sys.executable, "-m", "metanet", "results", str(ws / "garbage")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"Error: {ws / 'garbage'}: trials.sqlite is damaged: "
+                                                "file is not a database"]
+
+
+# -- a search where no trial finished ---------------------------------------------------------------
+
+ALWAYS_FAILS = textwrap.dedent('''
+    from metanet import hookimpl
+
+    @hookimpl
+    def metanet_register_stages(register):
+        register("broken", defaults={})
+
+    @hookimpl
+    def metanet_run_stage(stage, context):
+        if stage == "broken":
+            raise RuntimeError("the broken stage always fails")
+''')
+
+
+def test_a_search_where_no_trial_finished_fails_with_the_first_error(tmp_path, monkeypatch):
+    (tmp_path / "broken_stage.py").write_text(ALWAYS_FAILS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = CliRunner().invoke(cli, ["-p", "broken_stage", "search", "--stages", "broken", "--proxy-resolution",
+                                      "16", "--trials", "2", "--flops", "400M", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "no trial finished (2 failed" in error[0]
+    assert "the broken stage always fails" in error[0]
+    rows = TrialStore(tmp_path / "run" / "trials.sqlite").trials()
+    assert len(rows) == 2 and all(r["status"] == "failed" for r in rows)  # kept all the same
+
+
+# -- fault tests ----------------------------------------------------------------------------------
+
+SLOW = textwrap.dedent('''
+    import time
+    from metanet import hookimpl
+
+    @hookimpl
+    def metanet_trial_started(trial):
+        time.sleep(0.7)
+''')
+
+
+def _env(tmp_path):
+    (tmp_path / "slow_plugin.py").write_text(SLOW)
+    return {**os.environ, "PYTHONPATH": str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "METANET_PLUGINS": "slow_plugin"}
+
+
+def _search_proc(tmp_path, *args):
+    return subprocess.Popen([sys.executable, "-m", "metanet", "search", *args], env=_env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait(predicate, proc, seconds=120):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.1)
+    return False
+
+
+def _lock_holder(run):
+    try:
+        return json.loads((run / RunDir.LOCK).read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _rows(run):
+    path = run / "trials.sqlite"
+    return TrialStore(path, create=False).trials() if path.exists() else []
+
+
+def test_two_writers_on_one_run(tmp_path):
+    run = tmp_path / "run"
+    first = _search_proc(tmp_path, "--stages", "zero-cost", "--proxy-resolution", "16", "--trials", "3",
+                         "--flops", "400M", "--out", str(run))
+    try:
+        assert _wait(lambda: _lock_holder(run) == first.pid and _rows(run), first), first.stderr.read()
+        before = _rows(run)
+        for args in (["search", "--resume", str(run)],
+                     ["search", "--stages", "zero-cost", "--proxy-resolution", "16", "--out", str(run)]):
+            started = time.monotonic()
+            second = CliRunner().invoke(cli, args)
+            assert time.monotonic() - started < 30  # at once, not after the first one ends
+            assert second.exit_code == 1 and "Traceback" not in second.output
+            errors = [line for line in second.output.splitlines() if line.startswith("Error:")]
+            assert len(errors) == 1
+            assert ("already holds a search" in errors[0] or f"in use by another search (pid {first.pid}"
+                    in errors[0]), errors[0]
+        assert f"pid {first.pid}" in CliRunner().invoke(cli, ["search", "--resume", str(run)]).output
+        assert first.wait(timeout=180) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    rows = _rows(run)
+    assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
+    for row in before:
+        if row["status"] == "ok":
+            assert row in rows
+    assert len({json.dumps(r["spec"], sort_keys=True) for r in rows}) == 3
+
+
+def test_sigkill_during_search_then_resume_loses_and_duplicates_nothing(tmp_path):
+    run, trials = tmp_path / "run", 5
+    config = ["--stages", "zero-cost", "--proxy-resolution", "16", "--trials", str(trials), "--flops", "400M",
+              "--seed", "3"]
+    finished: dict[int, dict] = {}
+    for cycle in range(4):
+        args = ["--resume", str(run)] if (run / "config.json").exists() else [*config, "--out", str(run)]
+        proc = _search_proc(tmp_path, *args)
+        target = len(finished) + 1
+        try:
+            _wait(lambda: sum(r["status"] == "ok" for r in _rows(run)) >= min(target, trials)
+                  and any(r["status"] == "running" for r in _rows(run)), proc)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        rows = _rows(run)
+        for trial_id, row in finished.items():  # nothing finished is lost or changed by a kill
+            assert next(r for r in rows if r["id"] == trial_id) == row
+        finished.update({r["id"]: r for r in rows if r["status"] == "ok"})
+        if len(finished) >= trials:
+            break
+    assert len(finished) >= 2
+    result = CliRunner().invoke(cli, ["search", "--resume", str(run), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = _rows(run)
+    assert len(rows) == trials and all(r["status"] == "ok" for r in rows)
+    for trial_id, row in finished.items():
+        assert next(r for r in rows if r["id"] == trial_id) == row
+    assert len({json.dumps(r["spec"], sort_keys=True) for r in rows}) == trials  # each architecture once
+
+
+def test_resume_restores_missing_kept_weights(tmp_path):
+    cfg = {**FAST, "stages": ["zero-cost", "amateur"], "settings": {"amateur": {"max_steps": 2}}, "trials": 2,
+           "out": str(tmp_path / "run")}
+    run_search(SearchConfig.from_dict(cfg), progress=False, echo=lambda m: None)
+    run = RunDir.open(tmp_path / "run")
+    kept = run.kept(400_000_000)
+    assert kept and all(run.weights_path(i).exists() for i in kept)
+    run.weights_path(kept[0]).unlink()  # as a process killed between the row and the weights left it
+    said = []
+    run_search(SearchConfig.from_dict(cfg), resume=True, progress=False, echo=said.append)
+    assert run.weights_path(kept[0]).exists()
+    assert any(f"trial {kept[0]} finished but its kept weights are missing" in m for m in said)
+    assert len(TrialStore(tmp_path / "run" / "trials.sqlite").trials()) == 2
+
+
+def _complete_export(folder: Path) -> int | None:
+    """The trial of a complete export folder, None when the folder is missing; fails when it is partial."""
+    if not folder.exists():
+        return None
+    names = {p.name for p in folder.iterdir()}
+    assert {"arch.json", "model.safetensors", "config.json", "README.md", "model.onnx"} <= names, names
+    from safetensors.torch import load_file
+    load_file(str(folder / "model.safetensors"))
+    import onnx
+    onnx.checker.check_model(str(folder / "model.onnx"))
+    return json.loads((folder / "config.json").read_text())["search"]["trial"]
+
+
+def test_sigkill_during_export_force_leaves_the_old_or_the_new_export(tmp_path):
+    run = tmp_path / "run"
+    run_search(SearchConfig.from_dict({**FAST, "trials": 2, "out": str(run)}), progress=False, echo=lambda m: None)
+    old_id, new_id = (r["id"] for r in TrialStore(run / "trials.sqlite").trials())
+    out = tmp_path / "export"
+    from metanet.export import export_run
+    export_run(run, out, trial=old_id, formats=("onnx",))
+    assert _complete_export(out) == old_id
+    seen = set()
+    for delay in (2.0, 4.0, 6.0, 8.0):
+        proc = subprocess.Popen([sys.executable, "-m", "metanet", "export", str(run), "--out", str(out), "--force",
+                                 "--trial", str(new_id), "--format", "onnx"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        trial = _complete_export(out)  # at every moment: the old export or the new one, complete
+        assert trial in (old_id, new_id)
+        seen.add(trial)
+        if trial == new_id:
+            shutil.rmtree(out)
+            export_run(run, out, trial=old_id, formats=("onnx",))
+    result = CliRunner().invoke(cli, ["export", str(run), "--out", str(out), "--force", "--trial", str(new_id),
+                                      "--format", "onnx"])
+    assert result.exit_code == 0, result.output
+    assert _complete_export(out) == new_id
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".metanet-export-")]  # no staging left behind
