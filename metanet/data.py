@@ -230,23 +230,74 @@ def load_digits_bundle(resolution: int = 32, seed: int = 0, test_fraction: float
 
 # -- ImageFolder directories ------------------------------------------------------------------
 
+def to_rgb(img):
+    """An RGB image of any PIL mode, with the full range of each mode kept: 16-bit and 32-bit greyscale
+    are scaled down (PIL's own ``convert`` clips them to white), palette and alpha images composited on
+    black, CMYK/LA/YCbCr converted."""
+    import numpy as np
+    from PIL import Image
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or (img.mode == "I" and a.max() <= 65535) else max(a.max(), 1)
+        if img.mode == "F":
+            lo, hi = float(a.min()), float(a.max())
+            a, top = a - lo, max(hi - lo, 1e-12)
+        img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    return img.convert("RGB")
+
+
 def _image_loader(path: str):
     from PIL import Image
     try:
         with open(path, "rb") as fh:
-            return Image.open(fh).convert("RGB")
+            return to_rgb(Image.open(fh))
     except Exception as exc:
         raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
 
 
+def _folder_samples(root: Path, class_to_idx: dict, extensions) -> list[tuple[str, int]]:
+    """(path, class) of the images under each class folder, walked without following links to folders
+    (a link loop would repeat images and cross splits) and without files that resolve outside ``root``."""
+    real_root = os.path.realpath(root)
+    samples = []
+    for name in sorted(class_to_idx):
+        for folder, dirs, files in os.walk(root / name, followlinks=False):
+            dirs.sort()  # in place: os.walk then descends in this order
+            for f in sorted(files):
+                full = os.path.join(folder, f)
+                if not f.lower().endswith(extensions):
+                    continue
+                if os.path.islink(full) and os.path.commonpath([real_root, os.path.realpath(full)]) != real_root:
+                    continue  # a link out of the data folder
+                if os.path.isfile(full):
+                    samples.append((full, class_to_idx[name]))
+    return samples
+
+
 def _image_folder(path: Path, transform=None):
     from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    class SafeImageFolder(ImageFolder):
+        @staticmethod
+        def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+            samples = _folder_samples(Path(directory), class_to_idx, tuple(extensions or IMG_EXTENSIONS))
+            empty = [c for c, i in class_to_idx.items() if i not in {y for _, y in samples}]
+            if empty and not allow_empty:
+                raise FileNotFoundError(f"Found no valid file for the classes {', '.join(empty)} in {directory}")
+            return samples
+
     if not path.is_dir():
         raise DataError(f"{path}: no such folder")
     if not os.access(path, os.R_OK | os.X_OK):
         raise DataError(f"{path}: folder is not readable")
     try:
-        ds = ImageFolder(str(path), transform=transform, loader=_image_loader)
+        ds = SafeImageFolder(str(path), transform=transform, loader=_image_loader)
     except FileNotFoundError as exc:
         raise DataError(f"{path}: empty folder: {str(exc).split(' in ')[0]} (expected one sub-folder per class "
                         "holding images)") from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -182,6 +183,15 @@ def local_gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+_SECRET = re.compile(r"""((?:password|passphrase)['"]?\s*[:=]\s*)(?:(['"])(.*?)\2|([^'",)\s]+))""",
+                     re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with SSH passwords and passphrases (as NNI's config reprs and JSON print them) masked."""
+    return _SECRET.sub(lambda m: f"{m.group(1)}{m.group(2) or ''}***{m.group(2) or ''}", text)
+
+
 def resolve_gpus(cfg, local_gpus: int) -> tuple[int | None, str | None]:
     """GPUs per trial for NNI (None: NNI leaves GPUs as they are) and a note for the user.
 
@@ -302,7 +312,7 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
         with contextlib.suppress(Exception):
             exp.stop()
         from .errors import RunError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
         raise RunError(f"NNI experiment for budget {format_flops(budget)} failed: {first} "
                        f"(NNI's log: ~/nni-experiments/{getattr(exp, 'id', '?')}/log)") from None
     finally:

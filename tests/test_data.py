@@ -185,3 +185,37 @@ def test_folder_images_train_augmented_measure_centre_cropped_with_workers(tmp_p
                                 config={"amateur": {"max_steps": 3, "batch_size": 8}, "downstream": {"epochs": 2}})
     assert result.status == "ok", result.error
     assert result.metrics["amateur.train_steps"] == 3
+
+
+def test_image_modes_keep_their_range():
+    import numpy as np
+
+    from metanet.data import to_rgb
+    grey16 = Image.fromarray(np.array([[0, 16384, 32768, 65535]], dtype=np.uint16))
+    assert grey16.mode.startswith("I;16")
+    out = np.asarray(to_rgb(grey16))
+    assert out[0, :, 0].tolist() == [0, 64, 128, 255]  # scaled, not clipped to white
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    assert np.asarray(to_rgb(palette)).tolist() == [[[0, 0, 0], [255, 0, 0]]]
+    rgba = Image.new("RGBA", (1, 1), (255, 255, 255, 0))  # transparent: on black
+    assert np.asarray(to_rgb(rgba)).tolist() == [[[0, 0, 0]]]
+
+
+def test_link_loops_and_links_out_of_the_folder_are_not_followed(tmp_path):
+    import os
+
+    from metanet.data import _image_folder
+    root = tmp_path / "task"
+    _task(root)
+    os.symlink(root / "cat", root / "cat" / "loop")  # a loop inside a class folder
+    outside = tmp_path / "elsewhere"
+    _images(outside, n=3)
+    os.symlink(outside / "0.png", root / "dog" / "stray.png")  # a file link out of the data folder
+    os.symlink(root / "dog" / "1.png", root / "dog" / "inside.png")  # a link inside the folder is an image
+    folder = _image_folder(root)
+    names = sorted(os.path.relpath(p, root) for p, _ in folder.samples)
+    assert len(folder.samples) == 9 and not any("loop" in n or "stray" in n for n in names)
+    assert "dog/inside.png" in names

@@ -363,3 +363,12 @@ def test_remote_config_takes_the_interpreter_or_its_folder_and_the_manager_addre
     assert service.platform == "remote" and service.nni_manager_ip == "127.0.0.1"
     assert [m.python_path for m in service.machine_list] == ["/opt/v/bin", "/opt/v/bin"]
     assert [m.port for m in service.machine_list] == [2222, 2223]
+
+
+def test_nni_errors_never_print_ssh_secrets():
+    from metanet.nni_experiment import redact
+    text = ("Bad training service platform: RemoteConfig(machine_list=[RemoteMachineConfig(host='10.0.0.5', "
+            "user='ml', password='hunter2', ssh_passphrase=\"open sesame\")])")
+    out = redact(text)
+    assert "hunter2" not in out and "sesame" not in out and "host='10.0.0.5'" in out
+    assert redact('{"password": "abc", "port": 22}') == '{"password": "***", "port": 22}'
