@@ -309,11 +309,13 @@ def evaluate_cmd(spec, stages, data, proxy_resolution, val_fraction, repeats, ac
     """
     from .data import load_data
     from .search_config import parse_sets, parse_stages
-    from .stages import evaluate_repeated, parse_score
+    from .stages import check_score_stages, evaluate_repeated, parse_score
     from .store import OK
     pm = _registry()
     arch = _load_spec(spec)
     settings, weights, stage_list = parse_sets(sets), parse_score(score), parse_stages(stages)
+    if weights:
+        check_score_stages(weights, stage_list)  # before any training
     warn_small_attention_grids(arch, proxy_resolution)
     bundle = load_data(pm, data, proxy_resolution, seed, val_fraction)
     from .runtime import Runtime

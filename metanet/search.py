@@ -52,15 +52,9 @@ def check_config(cfg: SearchConfig):
 
 
 def check_score(pm, cfg: SearchConfig) -> None:
-    """Every metric of the score must come from a stage of the search (``STAGE.METRIC``), or every
-    trial would fail when its score is computed."""
-    from .stages import default_score_weights
-    weights = cfg.score or default_score_weights(cfg.stages, pm)
-    for key in weights:
-        stage = key.split(".", 1)[0]
-        if "." not in key or stage not in cfg.stages:
-            raise ConfigError(f"score: metric {key!r} comes from no stage of this search (write STAGE.METRIC, "
-                              f"stages: {','.join(cfg.stages)})", param="score")
+    """Every metric of the score must come from a stage of the search, or every trial would fail."""
+    from .stages import check_score_stages, default_score_weights
+    check_score_stages(cfg.score or default_score_weights(cfg.stages, pm), cfg.stages)
 
 
 def check_data(pm, cfg: SearchConfig) -> None:

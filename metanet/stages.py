@@ -100,6 +100,15 @@ def parse_score(text: str | dict | None) -> dict[str, float] | None:
     return weights
 
 
+def check_score_stages(weights: dict[str, float], stages: list[str]) -> None:
+    """Every metric of a score must come from one of ``stages`` (``STAGE.METRIC``), or every evaluation
+    would fail when its score is computed: checked before any work."""
+    for key in weights:
+        if "." not in key or key.split(".", 1)[0] not in stages:
+            raise ConfigError(f"score: metric {key!r} comes from no stage of this run (write STAGE.METRIC, "
+                              f"stages: {','.join(stages)})", param="score")
+
+
 def combine_score(metrics: dict[str, float], weights: dict[str, float]) -> float:
     missing = [k for k in weights if k not in metrics]
     if missing:

@@ -134,6 +134,7 @@ EVALUATE = [
     (["evaluate", "metanet_b4", "--precision", "8"], "--precision"),
     (["evaluate", "metanet_b4", "--devices", "0"], "--devices"),
     (["evaluate", "metanet_b4", "--score", "zero-cost.score=abc"], "score"),
+    (["evaluate", "metanet_b4", "--stages", "amateur", "--score", "nope.acc"], "nope.acc"),  # before training
     (["evaluate", "metanet_b4", "--seed", "abc"], "--seed"),
 ]
 
