@@ -11,20 +11,28 @@ What the design does and why (see the kernel notes and ``benchmarks/kernel_codeg
   ``-inf`` bias entries are masks, and a fully masked row gives 0 output, LSE ``+inf`` and 0 gradients,
   as SDPA does.
 * **Per score**: base-2 exponentials with ``scale * log2(e)`` folded into the score (one FMA, LSE kept in
-  log2 units); the last, partial key tile is peeled (``EVEN_N`` steady state unmasked).
-* **Bias rows padded to 16 elements** by the launcher (the kernel masks with the true Nk): unaligned rows
-  at N=49/196 compile to scalar, unpipelined loads on Hopper.
+  log2 units); the last, partial tile of every loop is peeled, so the steady state runs unmasked.
+* **Bias rows padded to 16 elements** by the launcher; bias loads are bounded by the padded width and the
+  scores masked with the true Nk: unaligned rows or masks along the contiguous key axis at N=49/196
+  compile to scalar, unpipelined loads on Hopper.
 * **Raster**: program ``pid = h * B + b``, batch fastest, so the programs reading one head's (H, N, N) bias
   tile run together and the tile comes from L2.
-* **Backward**: the dQ program (one query tile of one (b, h)) computes ``delta = rowsum(dO * O)`` itself and
-  writes it for the dK/dV program; a (B, H, N, N) bias gets dS written by the dQ program (each element once).
-  A bias broadcast over the batch gets its gradient from its own program per (head, query tile, key tile),
-  which loops over the batch and sums dS in fp32 registers: no (B, H, N, N) buffer, the gradient written
-  once. Transposed operands are loaded transposed rather than transposing a ``tl.dot`` result, which some
-  Triton versions miscompile on Hopper.
+* **Backward in one launch** (``_attn_bwd``): per (b, h), dK/dV programs (one key tile each, looping over
+  the queries) followed by dQ programs (one query tile each, looping over the keys); for a (B, H, N, N)
+  bias the dQ programs also write dS, each element once. No program reads what another writes: each
+  recomputes P from the forward's LSE and ``delta = rowsum(dO * O)`` from the o and dO tiles it loads,
+  so there is no delta buffer, preprocessing kernel or atomic. Each tile is loaded once; an operand
+  needed transposed is a ``tl.trans`` of the loaded tile (a shared-memory view), never of a ``tl.dot``
+  result, which some Triton versions miscompile on Hopper.
+* **A bias broadcast over the batch** gets its gradient from ``_attn_bwd_dbias``: a program per (batch
+  group, head, query tile, key tile) sums dS over R consecutive batches in fp32 registers, the bias tile
+  loaded once for all R. R is chosen so the grid fills the GPU (:func:`dbias_batch_group`): at large
+  shapes R = B and the gradient is written once in the bias dtype, with no (B, H, N, N) buffer; at small
+  N, G = cdiv(B, R) fp32 partials are summed by torch.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -35,16 +43,43 @@ import triton.language as tl
 LOG2E = 1.4426950408889634
 BIAS_ROW_ALIGN = 16  # elements
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+# The broadcast-bias gradient: batches summed per program (None: chosen per shape, see dbias_batch_group)
+# and the programs per SM the choice aims for.
+DBIAS_BATCH_GROUP: int | None = None
+DBIAS_PROGRAMS_PER_SM = 4
+# Register caps for 16-bit inputs at D <= 32 with 64x64 tiles and 4 warps, where ptxas otherwise stops just
+# past an occupancy step; capped, each kernel compiles without spills and with the same loop instructions
+# (benchmarks/kernel_codegen.py). The forward: 128, four blocks per SM (132-134 uncapped: three). The
+# one-launch backward: 168, three blocks; with a bias it peaks at ~185 live registers, where ptxas overlaps
+# the dK/dV programs' delta row sums with an in-flight wgmma, and gets 208 uncapped: two blocks. Above
+# D=32, or with fp32 inputs, the caps spill.
+FWD_MAXNREG = 128
+BWD_MAXNREG = 168
 
 
-def _tile_configs() -> list:
+def _tile_configs(maxnreg: int | None = None) -> list:
     """Tiles, warps and pipeline stages the autotuner tries (per Nq, Nk, D, bias and dtype). Under Triton's
-    interpreter one config: it runs programs one by one and cannot time anything."""
+    interpreter one config: it runs programs one by one and cannot time anything. ``maxnreg`` adds the
+    64x64 4-warp configurations with that register cap, used where :func:`_cap_applies`."""
     if INTERPRETING:
         return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-            for bm, bn, w, st in ((64, 64, 4, 3), (64, 64, 4, 2), (128, 64, 8, 3), (128, 64, 8, 2),
-                                  (64, 32, 4, 3), (64, 32, 4, 2), (32, 64, 4, 2))]
+    shapes = ((64, 64, 4, 3), (64, 64, 4, 2), (128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3), (64, 32, 4, 2),
+              (32, 64, 4, 2))
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in shapes]
+    if maxnreg:  # 64x64 only: narrower tiles spill under the backward's cap (kernel_codegen.py --autotune-configs)
+        configs += [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st, maxnreg=maxnreg)
+                    for bm, bn, w, st in shapes if (bm, bn, w) == (64, 64, 4)]
+    return configs
+
+
+def _cap_applies(d: int, elem_bytes: int) -> bool:
+    return d <= 32 and elem_bytes == 2
+
+
+def _default_maxnreg(cap: int, d: int, elem_bytes: int = 2) -> int | None:
+    """The register cap of the default configuration (:func:`_config`) on a GPU, for a kernel capped at ``cap``."""
+    bm, bn, _, warps, _ = _config(d)
+    return cap if _cap_applies(d, elem_bytes) and (bm, bn, warps) == (64, 64, 4) else None
 
 
 def _prune(configs, named_args, **kwargs):
@@ -57,9 +92,29 @@ def _prune(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
-def _autotuned(fn):
-    return triton.autotune(configs=_tile_configs(), key=["Nq", "Nk", "D", "HAS_BIAS"],
-                           prune_configs_by={"early_config_prune": _prune})(fn)
+def _prune_capped(configs, named_args, **kwargs):
+    # where the cap applies the capped configs replace their uncapped twins; elsewhere they are dropped
+    q = named_args.get("Q")
+    cap_ok = _cap_applies(named_args["D"], q.element_size() if q is not None else 2)
+    kept = [c for c in _prune(configs, named_args) if c.maxnreg is None or cap_ok]
+    kept = [c for c in kept if not (cap_ok and c.maxnreg is None
+                                    and any(o.maxnreg and o.kwargs == c.kwargs and o.num_warps == c.num_warps
+                                            and o.num_stages == c.num_stages for o in kept))]
+    return kept or configs[:1]
+
+
+def _prune_bwd(configs, named_args, **kwargs):
+    # also dropped, as they spill in the sm_90 compile: 128x64 tiles above D=32, 32-key tiles at D <= 32
+    d = named_args["D"]
+    kept = [c for c in _prune_capped(configs, named_args)
+            if not (d > 32 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 64 * 64)
+            and not (d <= 32 and c.kwargs["BLOCK_N"] < 64)]
+    return kept or configs[:1]
+
+
+def _autotuned(fn, maxnreg: int | None = None, prune=_prune):
+    return triton.autotune(configs=_tile_configs(maxnreg), key=["Nq", "Nk", "D", "HAS_BIAS", "WRITE_DB"],
+                           prune_configs_by={"early_config_prune": prune})(fn)
 
 
 @triton.jit
@@ -79,7 +134,7 @@ def _program_bh(pid, B, H):
 
 
 @triton.jit
-def _fwd_tile(acc, m_i, l_i, q, k_base, v_base, b_base, offs_m, n, offs_d, mask_m, mask_d, Nk,
+def _fwd_tile(acc, m_i, l_i, q, k_base, v_base, b_base, offs_m, n, offs_d, mask_m, mask_d, Nk, Nkp,
               skn, skd, svn, svd, sbm, sbn, qk_scale,
               HAS_BIAS: tl.constexpr, MASKED: tl.constexpr, PRECISION: tl.constexpr):
     mask_n = n < Nk
@@ -91,8 +146,8 @@ def _fwd_tile(acc, m_i, l_i, q, k_base, v_base, b_base, offs_m, n, offs_d, mask_
         v = tl.load(v_base + n[:, None] * svn + offs_d[None, :] * svd, mask=mask_d[None, :], other=0.0)
     s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale  # log2 units
     if HAS_BIAS:
-        if MASKED:
-            bias = _load_tile(b_base, offs_m, n, sbm, sbn, mask_m, mask_n)
+        if MASKED:  # bounded by the padded row width (a multiple of 16): the load stays vectorised
+            bias = _load_tile(b_base, offs_m, n, sbm, sbn, mask_m, n < Nkp)
         else:
             bias = tl.load(b_base + offs_m[:, None] * sbm + n[None, :] * sbn, mask=mask_m[:, None], other=0.0)
         s += bias.to(tl.float32) * 1.4426950408889634
@@ -108,12 +163,12 @@ def _fwd_tile(acc, m_i, l_i, q, k_base, v_base, b_base, offs_m, n, offs_d, mask_
     return acc, m_new, l_i
 
 
-@_autotuned
+@functools.partial(_autotuned, maxnreg=FWD_MAXNREG, prune=_prune_capped)
 @triton.jit
 def _attn_fwd(Q, K, V, Bias, O, LSE,
               sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
               sbb, sbh, sbm, sbn, sob, soh, som, sod,
-              B, H, Nq, Nk, D, qk_scale,
+              B, H, Nq, Nk, Nkp, D, qk_scale,
               HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_bh = tl.program_id(0)
@@ -135,11 +190,11 @@ def _attn_fwd(Q, K, V, Bias, O, LSE,
     full = (Nk // BLOCK_N) * BLOCK_N
     for start_n in range(0, full, BLOCK_N):  # steady state: no key mask
         acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_base, v_base, b_base, offs_m, start_n + offs_n, offs_d,
-                                  mask_m, mask_d, Nk, skn, skd, svn, svd, sbm, sbn, qk_scale,
+                                  mask_m, mask_d, Nk, Nkp, skn, skd, svn, svd, sbm, sbn, qk_scale,
                                   HAS_BIAS, False, PRECISION)
     if full < Nk:  # the peeled, partial last tile
         acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_base, v_base, b_base, offs_m, full + offs_n, offs_d,
-                                  mask_m, mask_d, Nk, skn, skd, svn, svd, sbm, sbn, qk_scale,
+                                  mask_m, mask_d, Nk, Nkp, skn, skd, svn, svd, sbm, sbn, qk_scale,
                                   HAS_BIAS, True, PRECISION)
     # fully masked rows (l = 0): output 0 and LSE +inf, so the backward gives them 0 gradients
     live = l_i > 0
@@ -152,23 +207,23 @@ def _attn_fwd(Q, K, V, Bias, O, LSE,
 
 
 @triton.jit
-def _dq_tile(dq, q, do, lse, delta, k_base, v_base, b_base, db_base, offs_m, n, offs_d, mask_m, mask_d, Nk,
+def _dq_tile(dq, q, do, lse, delta, k_base, v_base, b_base, db_base, offs_m, n, offs_d, mask_m, mask_d, Nk, Nkp,
              skn, skd, svn, svd, sbm, sbn, sdbm, sdbn, qk_scale,
              HAS_BIAS: tl.constexpr, WRITE_DB: tl.constexpr, MASKED: tl.constexpr, PRECISION: tl.constexpr):
     # rows past Nq carry lse = +inf, so only keys past Nk (the peeled tile) need masking
-    mask_n = n < Nk
     if MASKED:
-        kt = _load_tile(k_base, offs_d, n, skd, skn, mask_d, mask_n)
-        vt = _load_tile(v_base, offs_d, n, svd, svn, mask_d, mask_n)
+        mask_n = n < Nk
         k = _load_tile(k_base, n, offs_d, skn, skd, mask_n, mask_d)
+        vt = _load_tile(v_base, offs_d, n, svd, svn, mask_d, mask_n)
     else:
-        kt = tl.load(k_base + offs_d[:, None] * skd + n[None, :] * skn, mask=mask_d[:, None], other=0.0)
-        vt = tl.load(v_base + offs_d[:, None] * svd + n[None, :] * svn, mask=mask_d[:, None], other=0.0)
         k = tl.load(k_base + n[:, None] * skn + offs_d[None, :] * skd, mask=mask_d[None, :], other=0.0)
-    s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+        vt = tl.load(v_base + offs_d[:, None] * svd + n[None, :] * svn, mask=mask_d[:, None], other=0.0)
+    # k is used both ways round: transposing the loaded tile is free (a shared-memory view), unlike a
+    # transposed dot result, which some Triton versions miscompile on Hopper
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
     if HAS_BIAS:
-        if MASKED:
-            bias = _load_tile(b_base, offs_m, n, sbm, sbn, mask_m, mask_n)
+        if MASKED:  # bounded by the padded row width (a multiple of 16): the load stays vectorised
+            bias = _load_tile(b_base, offs_m, n, sbm, sbn, mask_m, n < Nkp)
         else:
             bias = tl.load(b_base + offs_m[:, None] * sbm + n[None, :] * sbn, mask=mask_m[:, None], other=0.0)
         s += bias.to(tl.float32) * 1.4426950408889634
@@ -178,150 +233,207 @@ def _dq_tile(dq, q, do, lse, delta, k_base, v_base, b_base, db_base, offs_m, n, 
     dp = tl.dot(do, vt, input_precision=PRECISION)
     ds = p * (dp - delta[:, None])
     if WRITE_DB:
-        tl.store(db_base + offs_m[:, None] * sdbm + n[None, :] * sdbn, ds.to(db_base.dtype.element_ty),
-                 mask=mask_m[:, None] & mask_n[None, :])
+        if MASKED:  # the dS buffer's rows are padded too: columns Nk..Nkp receive zeros
+            tl.store(db_base + offs_m[:, None] * sdbm + n[None, :] * sdbn, ds.to(db_base.dtype.element_ty),
+                     mask=mask_m[:, None] & (n < Nkp)[None, :])
+        else:
+            tl.store(db_base + offs_m[:, None] * sdbm + n[None, :] * sdbn, ds.to(db_base.dtype.element_ty),
+                     mask=mask_m[:, None])
     return dq + tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
 
 
-@_autotuned
 @triton.jit
-def _attn_bwd_dq(Q, K, V, Bias, O, DO, LSE, Delta, DQ, DB,
-                 sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-                 sbb, sbh, sbm, sbn, sob, soh, som, sod, sdob, sdoh, sdom, sdod, sgb, sgh, sgm, sgd,
-                 sdbb, sdbh, sdbm, sdbn,
-                 B, H, Nq, Nk, D, qk_scale, scale,
-                 HAS_BIAS: tl.constexpr, WRITE_DB: tl.constexpr, PRECISION: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    # One program owns a tile of queries of one (b, h): delta for its rows (written for the dK/dV and
-    # bias programs), dQ, and, for a (B, H, N, N) bias, dS of exactly its rows.
-    pid_bh = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    b, h = _program_bh(pid_bh, B, H)
+def _dkdv_tile(dk, dv, k, v, q_base, o_base, do_base, lse_base, b_base, offs_n, m, offs_d, mask_kb, mask_d, Nq,
+               sqm, sqd, som, sod, sdom, sdod, sbm, sbn, qk_scale,
+               HAS_BIAS: tl.constexpr, MASKED: tl.constexpr, PRECISION: tl.constexpr):
+    # Scores are formed transposed (keys x queries) so that dK and dV come out of plain dots. Rows past
+    # Nq get lse = +inf, hence p = 0 and dS = 0; rows of keys past Nk are never stored and a dot keeps
+    # rows apart, so the keys need no mask on the scores.
+    if MASKED:
+        mask_m = m < Nq
+        q = _load_tile(q_base, m, offs_d, sqm, sqd, mask_m, mask_d)
+        o = _load_tile(o_base, m, offs_d, som, sod, mask_m, mask_d)
+        do = _load_tile(do_base, m, offs_d, sdom, sdod, mask_m, mask_d)
+        lse = tl.load(lse_base + m, mask=mask_m, other=float("inf"))
+    else:
+        q = tl.load(q_base + m[:, None] * sqm + offs_d[None, :] * sqd, mask=mask_d[None, :], other=0.0)
+        o = tl.load(o_base + m[:, None] * som + offs_d[None, :] * sod, mask=mask_d[None, :], other=0.0)
+        do = tl.load(do_base + m[:, None] * sdom + offs_d[None, :] * sdod, mask=mask_d[None, :], other=0.0)
+        lse = tl.load(lse_base + m)
+    st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
+    if HAS_BIAS:
+        if MASKED:
+            bias = _load_tile(b_base, offs_n, m, sbn, sbm, mask_kb, mask_m)
+        else:
+            bias = tl.load(b_base + offs_n[:, None] * sbn + m[None, :] * sbm, mask=mask_kb[:, None], other=0.0)
+        st += bias.to(tl.float32) * 1.4426950408889634
+    pt = tl.math.exp2(st - lse[None, :])
+    dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
+    dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+    # delta = rowsum(dO * O) of these queries, here rather than read from a buffer: the dQ programs that
+    # could write it run in the same launch
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    dst = pt * (dpt - delta[None, :])
+    dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _dkdv_program(Q, K, V, Bias, O, DO, LSE, DK, DV, b, h, pid_bh, pid_n,
+                  sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sbb, sbh, sbm, sbn,
+                  sob, soh, som, sod, sdob, sdoh, sdom, sdod, sgb, sgh, sgn, sgd,
+                  Nq, Nk, Nkp, D, qk_scale, scale,
+                  HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_n = offs_n < Nk
+    mask_d = offs_d < D
+    # bias loads stop at the padded row width, a multiple of 16, so the mask along the contiguous key
+    # axis does not break them into scalar loads at N=49/196
+    mask_kb = offs_n < Nkp
+    k = _load_tile(K + b * skb + h * skh, offs_n, offs_d, skn, skd, mask_n, mask_d)
+    v = _load_tile(V + b * svb + h * svh, offs_n, offs_d, svn, svd, mask_n, mask_d)
+    q_base, o_base, do_base = Q + b * sqb + h * sqh, O + b * sob + h * soh, DO + b * sdob + h * sdoh
+    lse_base, b_base = LSE + pid_bh.to(tl.int64) * Nq, Bias + b * sbb + h * sbh
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    full = (Nq // BLOCK_M) * BLOCK_M
+    for start_m in range(0, full, BLOCK_M):  # steady state: no query mask
+        dk, dv = _dkdv_tile(dk, dv, k, v, q_base, o_base, do_base, lse_base, b_base, offs_n, start_m + offs_m,
+                            offs_d, mask_kb, mask_d, Nq, sqm, sqd, som, sod, sdom, sdod, sbm, sbn, qk_scale,
+                            HAS_BIAS, False, PRECISION)
+    if full < Nq:  # the peeled, partial last query tile
+        dk, dv = _dkdv_tile(dk, dv, k, v, q_base, o_base, do_base, lse_base, b_base, offs_n, full + offs_m,
+                            offs_d, mask_kb, mask_d, Nq, sqm, sqd, som, sod, sdom, sdod, sbm, sbn, qk_scale,
+                            HAS_BIAS, True, PRECISION)
+    dk = dk * scale
+    out = b * sgb + h * sgh + offs_n[:, None] * sgn + offs_d[None, :] * sgd
+    tl.store(DK + out, dk.to(DK.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
+    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
+
+
+@triton.jit
+def _dq_program(Q, K, V, Bias, O, DO, LSE, DQ, DB, b, h, pid_bh, pid_m,
+                sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sbb, sbh, sbm, sbn,
+                sob, soh, som, sod, sdob, sdoh, sdom, sdod, sgb, sgh, sgm, sgd, sdbb, sdbh, sdbm, sdbn,
+                Nq, Nk, Nkp, D, qk_scale, scale,
+                HAS_BIAS: tl.constexpr, WRITE_DB: tl.constexpr, PRECISION: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < Nq
     mask_d = offs_d < D
-
     q = _load_tile(Q + b * sqb + h * sqh, offs_m, offs_d, sqm, sqd, mask_m, mask_d)
     do = _load_tile(DO + b * sdob + h * sdoh, offs_m, offs_d, sdom, sdod, mask_m, mask_d)
     o = _load_tile(O + b * sob + h * soh, offs_m, offs_d, som, sod, mask_m, mask_d)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
-    row = pid_bh.to(tl.int64) * Nq + offs_m
-    tl.store(Delta + row, delta, mask=mask_m)
-    lse = tl.load(LSE + row, mask=mask_m, other=float("inf"))
+    lse = tl.load(LSE + pid_bh.to(tl.int64) * Nq + offs_m, mask=mask_m, other=float("inf"))
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     k_base, v_base, b_base = K + b * skb + h * skh, V + b * svb + h * svh, Bias + b * sbb + h * sbh
     db_base = DB + b * sdbb + h * sdbh
     full = (Nk // BLOCK_N) * BLOCK_N
     for start_n in range(0, full, BLOCK_N):  # steady state: no key mask
         dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, b_base, db_base, offs_m, start_n + offs_n, offs_d,
-                      mask_m, mask_d, Nk, skn, skd, svn, svd, sbm, sbn, sdbm, sdbn, qk_scale,
+                      mask_m, mask_d, Nk, Nkp, skn, skd, svn, svd, sbm, sbn, sdbm, sdbn, qk_scale,
                       HAS_BIAS, WRITE_DB, False, PRECISION)
-    if full < Nk:  # the peeled, partial last tile
+    if full < Nk:  # the peeled, partial last key tile
         dq = _dq_tile(dq, q, do, lse, delta, k_base, v_base, b_base, db_base, offs_m, full + offs_n, offs_d,
-                      mask_m, mask_d, Nk, skn, skd, svn, svd, sbm, sbn, sdbm, sdbn, qk_scale,
+                      mask_m, mask_d, Nk, Nkp, skn, skd, svn, svd, sbm, sbn, sdbm, sdbn, qk_scale,
                       HAS_BIAS, WRITE_DB, True, PRECISION)
     dq = dq * scale
     tl.store(DQ + b * sgb + h * sgh + offs_m[:, None] * sgm + offs_d[None, :] * sgd,
              dq.to(DQ.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
 
 
-@_autotuned
+@functools.partial(_autotuned, maxnreg=BWD_MAXNREG, prune=_prune_bwd)
 @triton.jit
-def _attn_bwd_dkdv(Q, K, V, Bias, DO, LSE, Delta, DK, DV,
-                   sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-                   sbb, sbh, sbm, sbn, sdob, sdoh, sdom, sdod, sgb, sgh, sgn, sgd,
-                   B, H, Nq, Nk, D, qk_scale, scale,
-                   HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    # One program owns a tile of keys; scores are formed transposed (keys x queries) from operands
-    # loaded transposed, so no tl.trans of a dot result is needed.
+def _attn_bwd(Q, K, V, Bias, O, DO, LSE, DQ, DK, DV, DB,
+              sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+              sbb, sbh, sbm, sbn, sob, soh, som, sod, sdob, sdoh, sdom, sdod,
+              sdqb, sdqh, sdqm, sdqd, sdkb, sdkh, sdkn, sdkd, sdbb, sdbh, sdbm, sdbn,
+              B, H, Nq, Nk, Nkp, D, qk_scale, scale,
+              HAS_BIAS: tl.constexpr, WRITE_DB: tl.constexpr, PRECISION: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # The whole backward in one launch. Axis 1 holds cdiv(Nk, BLOCK_N) dK/dV programs (one key tile of
+    # one (b, h), looping over the queries) followed by cdiv(Nq, BLOCK_M) dQ programs (one query tile,
+    # looping over the keys; for a (B, H, N, N) bias they also write dS, each element once). Neither
+    # kind reads what the other writes, so they need no ordering: each recomputes P from the forward's
+    # LSE and delta = rowsum(dO * O) for its own queries.
     pid_bh = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_t = tl.program_id(1)
     b, h = _program_bh(pid_bh, B, H)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_n = offs_n < Nk
-    mask_d = offs_d < D
-
-    k = _load_tile(K + b * skb + h * skh, offs_n, offs_d, skn, skd, mask_n, mask_d)
-    v = _load_tile(V + b * svb + h * svh, offs_n, offs_d, svn, svd, mask_n, mask_d)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    rows = pid_bh.to(tl.int64) * Nq
-    for start_m in range(0, Nq, BLOCK_M):
-        m = start_m + offs_m
-        mask_m = m < Nq
-        qt = _load_tile(Q + b * sqb + h * sqh, offs_d, m, sqd, sqm, mask_d, mask_m)
-        st = tl.dot(k, qt, input_precision=PRECISION) * qk_scale
-        if HAS_BIAS:
-            st += _load_tile(Bias + b * sbb + h * sbh, offs_n, m, sbn, sbm, mask_n, mask_m).to(tl.float32) \
-                * 1.4426950408889634
-        lse = tl.load(LSE + rows + m, mask=mask_m, other=float("inf"))
-        pt = tl.math.exp2(st - lse[None, :])
-        pt = tl.where(mask_m[None, :] & mask_n[:, None], pt, 0.0)
-        do = _load_tile(DO + b * sdob + h * sdoh, m, offs_d, sdom, sdod, mask_m, mask_d)
-        dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
-        dot_t = _load_tile(DO + b * sdob + h * sdoh, offs_d, m, sdod, sdom, mask_d, mask_m)
-        dpt = tl.dot(v, dot_t, input_precision=PRECISION)
-        delta = tl.load(Delta + rows + m, mask=mask_m, other=0.0)
-        dst = pt * (dpt - delta[None, :])
-        q = _load_tile(Q + b * sqb + h * sqh, m, offs_d, sqm, sqd, mask_m, mask_d)
-        dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
-    dk = dk * scale
-    # dK and dV are fresh contiguous buffers of one shape: they share the strides sg*.
-    out = b * sgb + h * sgh + offs_n[:, None] * sgn + offs_d[None, :] * sgd
-    tl.store(DK + out, dk.to(DK.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
-    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
+    n_kv = tl.cdiv(Nk, BLOCK_N)
+    if pid_t < n_kv:
+        # dK and dV are fresh contiguous buffers of one shape: they share the strides sdk*
+        _dkdv_program(Q, K, V, Bias, O, DO, LSE, DK, DV, b, h, pid_bh, pid_t,
+                      sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sbb, sbh, sbm, sbn,
+                      sob, soh, som, sod, sdob, sdoh, sdom, sdod, sdkb, sdkh, sdkn, sdkd,
+                      Nq, Nk, Nkp, D, qk_scale, scale, HAS_BIAS, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
+    else:
+        _dq_program(Q, K, V, Bias, O, DO, LSE, DQ, DB, b, h, pid_bh, pid_t - n_kv,
+                    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sbb, sbh, sbm, sbn,
+                    sob, soh, som, sod, sdob, sdoh, sdom, sdod, sdqb, sdqh, sdqm, sdqd, sdbb, sdbh, sdbm, sdbn,
+                    Nq, Nk, Nkp, D, qk_scale, scale, HAS_BIAS, WRITE_DB, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
 
 
 @_autotuned
 @triton.jit
-def _attn_bwd_dbias(Q, K, V, Bias, DO, LSE, Delta, DB,
+def _attn_bwd_dbias(Q, K, V, Bias, O, DO, LSE, DB,
                     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-                    sbh, sbm, sbn, sdob, sdoh, sdom, sdod, sdbh, sdbm, sdbn,
-                    B, H, Nq, Nk, D, qk_scale,
+                    sbh, sbm, sbn, sob, soh, som, sod, sdob, sdoh, sdom, sdod, sdbg, sdbh, sdbm, sdbn,
+                    B, H, Nq, Nk, Nkp, D, R, qk_scale,
                     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_D: tl.constexpr):
-    # The gradient of a bias shared by the batch: one program per (head, query tile, key tile) sums
-    # dS = P * (dP - delta) over the batch in fp32 registers and writes its tile once. It recomputes
-    # S and dP (two small matmuls per batch) instead of moving (B, H, N, N) partials through memory.
-    h = tl.program_id(0).to(tl.int64)
+    # The gradient of a bias shared by the batch: one program per (batch group, head, query tile, key
+    # tile) sums dS = P * (dP - delta) over R consecutive batches in fp32 registers (the bias tile loaded
+    # once for all R) and writes its tile once: the final gradient when one group spans the batch, else
+    # an fp32 partial per group that the launcher sums. It recomputes S, dP and delta (two small matmuls
+    # and a row sum per batch) instead of moving (B, H, N, N) partials through memory.
+    G = tl.cdiv(B, R)
+    pid_gh = tl.program_id(0)
+    g = pid_gh % G  # groups fastest: neighbouring programs read the same bias tile
+    h = (pid_gh // G).to(tl.int64)
     pid_m = tl.program_id(1)
     pid_n = tl.program_id(2)
+    b0 = (g * R).to(tl.int64)
+    nb = tl.minimum(R, B - g * R)  # the last group may be shorter
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < Nq
     mask_n = offs_n < Nk
     mask_d = offs_d < D
-    mask_mn = mask_m[:, None] & mask_n[None, :]
-    bias = _load_tile(Bias + h * sbh, offs_m, offs_n, sbm, sbn, mask_m, mask_n).to(tl.float32) * 1.4426950408889634
+    mask_kb = offs_n < Nkp  # padded row width: vectorised bias loads and gradient stores
+    bias = _load_tile(Bias + h * sbh, offs_m, offs_n, sbm, sbn, mask_m, mask_kb).to(tl.float32) * 1.4426950408889634
     db = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     # per-batch bases advance as 64-bit pointers (b * stride overflows int32 at large B)
-    q_base, k_base, v_base, do_base = Q + h * sqh, K + h * skh, V + h * svh, DO + h * sdoh
-    lse_base, delta_base = LSE + h * B * Nq, Delta + h * B * Nq
-    for _ in range(0, B):
+    q_base, k_base, v_base = Q + h * sqh + b0 * sqb, K + h * skh + b0 * skb, V + h * svh + b0 * svb
+    o_base, do_base = O + h * soh + b0 * sob, DO + h * sdoh + b0 * sdob
+    lse_base = LSE + (h * B + b0) * Nq
+    for _ in range(0, nb):
         q = _load_tile(q_base, offs_m, offs_d, sqm, sqd, mask_m, mask_d)
         kt = _load_tile(k_base, offs_d, offs_n, skd, skn, mask_d, mask_n)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale + bias
+        # rows past Nq: lse = +inf, p = 0; columns past Nk land in the rows' padding, which is dropped
         lse = tl.load(lse_base + offs_m, mask=mask_m, other=float("inf"))
-        p = tl.where(mask_mn, tl.math.exp2(s - lse[:, None]), 0.0)
+        p = tl.math.exp2(s - lse[:, None])
         do = _load_tile(do_base, offs_m, offs_d, sdom, sdod, mask_m, mask_d)
+        o = _load_tile(o_base, offs_m, offs_d, som, sod, mask_m, mask_d)
         vt = _load_tile(v_base, offs_d, offs_n, svd, svn, mask_d, mask_n)
         dp = tl.dot(do, vt, input_precision=PRECISION)
-        delta = tl.load(delta_base + offs_m, mask=mask_m, other=0.0)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
         db += p * (dp - delta[:, None])
         q_base += sqb
         k_base += skb
         v_base += svb
+        o_base += sob
         do_base += sdob
         lse_base += Nq
-        delta_base += Nq
-    tl.store(DB + h * sdbh + offs_m[:, None] * sdbm + offs_n[None, :] * sdbn, db.to(DB.dtype.element_ty),
-             mask=mask_mn)
+    tl.store(DB + g.to(tl.int64) * sdbg + h * sdbh + offs_m[:, None] * sdbm + offs_n[None, :] * sdbn,
+             db.to(DB.dtype.element_ty), mask=mask_m[:, None] & mask_kb[None, :])
 
 
 # -- launchers ----------------------------------------------------------------------------
@@ -333,8 +445,9 @@ def _block_d(d: int) -> int:
 def _config(d: int) -> tuple[int, int, int, int, int]:
     """The default tiles (BLOCK_M, BLOCK_N, BLOCK_D, warps, pipeline stages): the configuration the
     interpreter runs and ``benchmarks/kernel_codegen.py`` compiles; on a GPU the autotuner picks among
-    :func:`_tile_configs`. Above D=32 two stages: with three, the backward's shared memory (115-120 KB at
-    D=64 on sm_90) leaves room for one block per SM."""
+    :func:`_tile_configs`. Above D=32 two stages: in the sm_90 compile three give the backward no more
+    blocks per SM (its registers allow two either way) and more instructions per score (24.7 against 21.5
+    at D=64 with a bias)."""
     return 64, 64, _block_d(d), 4, 3 if d <= 32 else 2
 
 
@@ -352,14 +465,45 @@ def _bias_4d(bias: torch.Tensor | None) -> torch.Tensor | None:
 
 def padded_bias(bias4: torch.Tensor) -> torch.Tensor:
     """The bias with rows 16-element aligned (a view of a padded copy when they are not), so the kernels'
-    bias loads vectorise; the kernels mask with the true key count."""
+    bias loads vectorise. The kernels read each row up to the padded width (:func:`padded_keys`) and mask
+    with the true key count, so a view is used in place only when that width lies inside its storage."""
     nk = bias4.shape[-1]
+    width = padded_keys(nk)
     if bias4.stride(-1) == 1 and bias4.stride(-2) % BIAS_ROW_ALIGN == 0 and bias4.data_ptr() % 16 == 0:
-        return bias4
-    width = math.ceil(nk / BIAS_ROW_ALIGN) * BIAS_ROW_ALIGN
+        last = bias4.storage_offset() + sum((n - 1) * s for n, s in zip(bias4.shape, bias4.stride())) + width - nk
+        if (last + 1) * bias4.element_size() <= bias4.untyped_storage().nbytes():
+            return bias4
     out = bias4.new_zeros(*bias4.shape[:-1], width)
     out[..., :nk] = bias4
     return out[..., :nk]
+
+
+def _padded_empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # a gradient buffer with rows as wide as the kernels write them (padded_keys), viewed at the true width
+    *lead, nk = shape
+    return torch.empty(*lead, padded_keys(nk), device=device, dtype=dtype)[..., :nk]
+
+
+def padded_keys(nk: int) -> int:
+    """The padded bias row width: how far the kernels read a bias row (and write a dS row)."""
+    return math.ceil(nk / BIAS_ROW_ALIGN) * BIAS_ROW_ALIGN
+
+
+def dbias_batch_group(B: int, H: int, Nq: int, Nk: int, sms: int = 132) -> int:
+    """R, the batches one program of the broadcast-bias gradient sums in registers. One group (R = B, the
+    gradient written once in the bias dtype) when the (head, tile) programs alone fill the GPU, which is
+    the case at every large shape, so no (B, H, N, N)-sized buffer appears there; otherwise the fewest
+    groups that give about ``DBIAS_PROGRAMS_PER_SM`` programs per SM (at N=49, H=16 the tiles alone are
+    16 programs), each writing an fp32 partial that the launcher sums. ``DBIAS_BATCH_GROUP`` overrides."""
+    if DBIAS_BATCH_GROUP is not None:
+        return max(1, min(B, int(DBIAS_BATCH_GROUP)))
+    bm, bn = _config(0)[:2]  # the default tiles: the autotuned ones differ by at most 2x either way
+    tiles = H * triton.cdiv(Nq, bm) * triton.cdiv(Nk, bn)
+    target = DBIAS_PROGRAMS_PER_SM * sms
+    if tiles >= target:
+        return B
+    groups = min(B, triton.cdiv(target, tiles))
+    return triton.cdiv(B, groups)
 
 
 def _bias_strides(bias4: torch.Tensor | None) -> tuple[int, int, int, int]:
@@ -388,55 +532,57 @@ def attention_forward(q, k, v, bias, scale):
     grid = lambda meta: (B * H, triton.cdiv(Nq, meta["BLOCK_M"]))  # noqa: E731
     _attn_fwd[grid](q, k, v, bias4 if bias4 is not None else q, o, lse,
                     *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias4), *o.stride(),
-                    B, H, Nq, Nk, D, scale * LOG2E,
+                    B, H, Nq, Nk, padded_keys(Nk), D, scale * LOG2E,
                     HAS_BIAS=bias4 is not None, PRECISION=_precision(q.dtype, q.device), BLOCK_D=_block_d(D))
     return o, lse
 
 
-def attention_backward(do, q, k, v, bias, o, lse, scale, bias_grad: bool):
-    """Returns (dq, dk, dv, dbias); dbias has the bias's own shape (summed over a broadcast batch)."""
+def attention_backward(do, q, k, v, bias, o, lse, scale, bias_grad: bool, batch_group: int | None = None):
+    """Returns (dq, dk, dv, dbias); dbias has the bias's own shape (summed over a broadcast batch).
+    ``batch_group``: R for a broadcast bias's gradient (default :func:`dbias_batch_group`)."""
     _check(q, k, v)
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
+    Nkp = padded_keys(Nk)
     do = do.contiguous()
     bias4 = _bias_4d(bias)
     if bias4 is not None:
         bias4 = padded_bias(bias4)
-    delta = torch.empty(B * H, Nq, device=q.device, dtype=torch.float32)
     dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     dk = torch.empty(k.shape, device=k.device, dtype=k.dtype)
     dv = torch.empty(v.shape, device=v.device, dtype=v.dtype)
     precision = _precision(q.dtype, q.device)
-    common = dict(HAS_BIAS=bias4 is not None, PRECISION=precision, BLOCK_D=_block_d(D))
     bstrides = _bias_strides(bias4)
     bias_arg = bias4 if bias4 is not None else q
     per_batch = bias4 is not None and bias4.shape[0] == B and B != 1
     write_db = bias_grad and per_batch
-    if write_db:  # every (b, h, m, n) written once, by the program owning its query tile
-        db_full = padded_bias(torch.empty(bias4.shape, device=q.device, dtype=bias.dtype))
+    if write_db:  # every (b, h, m, n) written once, by the dQ program owning its query tile
+        db_full = _padded_empty(bias4.shape, bias.dtype, q.device)
         dbs = db_full.stride()
     else:
         db_full, dbs = dq, (0, 0, 0, 0)  # unused placeholder pointer
-    # dQ first: it computes delta for the other two
-    _attn_bwd_dq[lambda meta: (B * H, triton.cdiv(Nq, meta["BLOCK_M"]))](
-        q, k, v, bias_arg, o, do, lse, delta, dq, db_full,
-        *q.stride(), *k.stride(), *v.stride(), *bstrides, *o.stride(), *do.stride(), *dq.stride(), *dbs,
-        B, H, Nq, Nk, D, scale * LOG2E, scale, WRITE_DB=write_db, **common)
-    _attn_bwd_dkdv[lambda meta: (B * H, triton.cdiv(Nk, meta["BLOCK_N"]))](
-        q, k, v, bias_arg, do, lse, delta, dk, dv,
-        *q.stride(), *k.stride(), *v.stride(), *bstrides, *do.stride(), *dk.stride(),
-        B, H, Nq, Nk, D, scale * LOG2E, scale, **common)
+    # one launch: the dK/dV programs of every key tile, then the dQ programs of every query tile
+    _attn_bwd[lambda meta: (B * H, triton.cdiv(Nk, meta["BLOCK_N"]) + triton.cdiv(Nq, meta["BLOCK_M"]))](
+        q, k, v, bias_arg, o, do, lse, dq, dk, dv, db_full,
+        *q.stride(), *k.stride(), *v.stride(), *bstrides, *o.stride(), *do.stride(), *dq.stride(), *dk.stride(),
+        *dbs, B, H, Nq, Nk, Nkp, D, scale * LOG2E, scale,
+        HAS_BIAS=bias4 is not None, WRITE_DB=write_db, PRECISION=precision, BLOCK_D=_block_d(D))
     dbias = None
     if bias_grad and bias4 is not None:
         if write_db:
             dbias = db_full.contiguous()
-        else:  # shared by the batch: summed over it on chip
-            db = padded_bias(torch.empty(1, H, Nq, Nk, device=q.device, dtype=bias.dtype))
-            _attn_bwd_dbias[lambda meta: (H, triton.cdiv(Nq, meta["BLOCK_M"]), triton.cdiv(Nk, meta["BLOCK_N"]))](
-                q, k, v, bias4, do, lse, delta, db,
-                *q.stride(), *k.stride(), *v.stride(), *bstrides[1:], *do.stride(), *db.stride()[1:],
-                B, H, Nq, Nk, D, scale * LOG2E,
+        else:  # shared by the batch: summed over it on chip, R batches per program
+            # on CPU (the interpreter) the choice an H100/H200 would make, so tests take a GPU's path
+            sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
+            R = min(B, max(1, batch_group)) if batch_group else dbias_batch_group(B, H, Nq, Nk, sms)
+            G = triton.cdiv(B, R)
+            # one group: the final gradient in the bias dtype; several: fp32 partials, summed below
+            db = _padded_empty((G, H, Nq, Nk), bias.dtype if G == 1 else torch.float32, q.device)
+            _attn_bwd_dbias[lambda meta: (G * H, triton.cdiv(Nq, meta["BLOCK_M"]), triton.cdiv(Nk, meta["BLOCK_N"]))](
+                q, k, v, bias4, o, do, lse, db,
+                *q.stride(), *k.stride(), *v.stride(), *bstrides[1:], *o.stride(), *do.stride(), *db.stride(),
+                B, H, Nq, Nk, Nkp, D, R, scale * LOG2E,
                 PRECISION=precision, BLOCK_D=_block_d(D))
-            dbias = db.contiguous()
+            dbias = db[0].contiguous() if G == 1 else db.sum(0).to(bias.dtype)
         dbias = dbias.reshape(bias.shape)
     return dq, dk, dv, dbias

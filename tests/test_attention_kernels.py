@@ -274,9 +274,111 @@ def test_kernels_compile_for_hopper_without_spills():
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads(out.stdout.strip().splitlines()[-1])
-    assert {r["kernel"] for r in rows} == {"fwd", "dq", "dkdv", "dbias"}
+    assert {r["kernel"] for r in rows} == {"fwd", "bwd", "dbias"}
     assert all(r["spill_bytes"] == 0 and r["regs"] <= 255 for r in rows)
+    # the one-launch backward keeps three 4-warp blocks per SM at D=32 (its register cap)
+    assert all(r["blocks_per_sm"] >= 3 for r in rows if r["kernel"] == "bwd")
     fwd = {r["N"]: r["instr_per_score"] for r in rows if r["kernel"] == "fwd" and r["bias"] == "h"}
     assert 0 < fwd[49] <= 1.3 * fwd[784]
     big = next(r for r in rows if r["kernel"] == "fwd" and r["bias"] == "h" and r["N"] == 784)
     assert big["hbm_bytes_fwd_bwd"] <= 0.4 * big["hbm_bytes_fwd_bwd_today"]
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Every launch of the Triton kernels: (kernel, grid at 64x64 tiles, {argument: value})."""
+    from metanet.kernels import attention_triton as at
+    seen = []
+    for name in ("_attn_fwd", "_attn_bwd", "_attn_bwd_dbias"):
+        kernel = getattr(at, name)
+
+        def spy(*args, grid, _run=kernel.run, _name=name, _names=kernel.arg_names, **kwargs):
+            seen.append((_name, tuple(grid({"BLOCK_M": 64, "BLOCK_N": 64})), dict(zip(_names, args))))
+            return _run(*args, grid=grid, **kwargs)
+        monkeypatch.setattr(kernel, "run", spy)
+    return seen
+
+
+@pytest.mark.parametrize("dtype, nq, nk, bias_shape", [
+    (torch.float32, 70, 130, "bh"),   # a full and a partial query tile; two full key tiles and a partial one
+    (torch.float32, 130, 70, "h"),
+    (torch.float32, 64, 128, None),   # no partial tile at all: only the steady-state loops
+    (torch.float16, 70, 130, "1h"),
+])
+def test_backward_is_one_launch_of_dkdv_and_dq_programs(launches, dtype, nq, nk, bias_shape):
+    B, H, D = 2, 2, 32
+    q, k, v, bias = _inputs(B, H, nq, nk, D, bias_shape, dtype=dtype)
+    grad_out = torch.randn(B, H, nq, D, device=DEVICE, dtype=dtype)
+    got = _run("triton", q, k, v, bias, grad_out)
+    if dtype == torch.float32:
+        _assert_close(got, _run("torch", q, k, v, bias, grad_out), 1e-4)
+    else:
+        inputs = [t.detach().float().requires_grad_() for t in (q, k, v, bias)]
+        want = [t.to(dtype) for t in _run("torch", *inputs, grad_out.float())]
+        _assert_close(got, want, 2e-2)
+    bwd = [grid for name, grid, _ in launches if name == "_attn_bwd"]
+    # axis 1: the dK/dV programs of every key tile, then the dQ programs of every query tile
+    assert bwd == [(B * H, -(-nk // 64) + -(-nq // 64))]
+    assert len([1 for name, _, _ in launches if name == "_attn_bwd_dbias"]) == (bias_shape in ("h", "1h"))
+
+
+@pytest.mark.parametrize("group, groups, dtype", [
+    (2, 3, torch.float32),   # batches 0-1, 2-3 and a short last group, 4: fp32 partials summed by the launcher
+    (8, 1, torch.float32),   # one group spans the batch: the program writes the final gradient itself
+    (2, 3, torch.float16),
+])
+def test_broadcast_bias_gradient_in_batch_groups(monkeypatch, launches, group, groups, dtype):
+    from metanet.kernels import attention_triton
+    monkeypatch.setattr(attention_triton, "DBIAS_BATCH_GROUP", group)
+    B, H, Nq, Nk, D = 5, 2, 21, 67, 16
+    q, k, v, bias = _inputs(B, H, Nq, Nk, D, "h", dtype=dtype)
+    grad_out = torch.randn(B, H, Nq, D, device=DEVICE, dtype=dtype)
+    got = _run("triton", q, k, v, bias, grad_out)
+    if dtype == torch.float32:
+        _assert_close(got, _run("torch", q, k, v, bias, grad_out), 1e-4)
+    else:
+        inputs = [t.detach().float().requires_grad_() for t in (q, k, v, bias)]
+        _assert_close(got, [t.to(dtype) for t in _run("torch", *inputs, grad_out.float())], 2e-2)
+    (grid, args), = [(grid, args) for name, grid, args in launches if name == "_attn_bwd_dbias"]
+    assert grid == (groups * H, 1, 2) and args["R"] == min(group, B)
+    assert args["DB"].shape[0] == groups
+    assert args["DB"].dtype == (dtype if groups == 1 else torch.float32)
+
+
+def test_minus_inf_rows_with_full_query_tiles_and_batch_groups(monkeypatch):
+    # masked rows 0-3 sit in a full query tile (the dK/dV programs' unmasked loop); three batches in groups of 2
+    from metanet.kernels import attention_triton
+    monkeypatch.setattr(attention_triton, "DBIAS_BATCH_GROUP", 2)
+    q, k, v, _ = _inputs(3, 1, 70, 70, 16, None)
+    bias = _masked_bias(3, 1, 70, 70, False)
+    grad_out = torch.randn(3, 1, 70, 16, device=DEVICE)
+    got, want = _run("triton", q, k, v, bias, grad_out), _run("torch", q, k, v, bias, grad_out)
+    assert all(torch.isfinite(t).all() for t in got)
+    assert got[0][:, :, 0].abs().max() == 0 and got[1][:, :, 0].abs().max() == 0
+    _assert_close(got, want, 1e-4)
+
+
+def test_batch_group_fills_the_gpu_without_a_batch_sized_buffer_at_large_shapes():
+    from metanet.kernels.attention_triton import DBIAS_PROGRAMS_PER_SM, dbias_batch_group
+    for B, H, N in ((64, 8, 784), (32, 4, 3136), (256, 16, 3136), (128, 8, 196), (256, 16, 49), (32, 4, 49)):
+        R = dbias_batch_group(B, H, N, N, sms=132)
+        G = -(-B // R)
+        tiles = H * (-(-N // 64)) ** 2
+        if N >= 784:
+            assert R == B  # one group: the gradient written once, no partials
+        else:  # enough programs, and the fp32 partials stay small
+            assert G * tiles >= DBIAS_PROGRAMS_PER_SM * 132 * 0.9 or G == B
+            assert G * H * N * N * 4 < 64 * 2**20
+
+
+def test_aligned_bias_view_is_copied_when_its_storage_ends_before_the_padded_width():
+    # the kernels read every bias row up to the padded width (16 elements): a view whose last row ends
+    # its storage would be read past the end, so it is copied; one with room is used in place
+    from metanet.kernels.attention_triton import padded_bias
+    H, Nq, Nk = 2, 3, 13
+    tight = torch.randn((H * Nq - 1) * 16 + Nk, device=DEVICE).as_strided((1, H, Nq, Nk), (0, Nq * 16, 16, 1))
+    roomy = torch.randn(H * Nq * 16, device=DEVICE).as_strided((1, H, Nq, Nk), (0, Nq * 16, 16, 1))
+    assert padded_bias(roomy).data_ptr() == roomy.data_ptr()
+    copied = padded_bias(tight)
+    assert copied.data_ptr() != tight.data_ptr() and copied.stride(-2) == 16
+    torch.testing.assert_close(copied, tight)
