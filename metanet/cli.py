@@ -361,6 +361,8 @@ def search_cmd(ctx, sets, config_file, resume_dir, as_json, **flags):
             raise ConfigError("--resume continues a run as it was configured; give no other search options")
         cfg = RunDir.open(resume_dir).config
         cfg.out = resume_dir  # the run is the directory named, wherever it was first started
+        from .plugin_manager import refuse_unnamed_plugins
+        refuse_unnamed_plugins(cfg.plugins, ctx.find_root().obj.get("plugins", ()), resume_dir, "search --resume")
     else:
         data = load_config_file(config_file) if config_file else {}
         data.update(given)

@@ -83,6 +83,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, budget=None, rank: i
     out_dir = Path(out_dir)
     run = RunDir.open(run_dir)
     check_out_dir(run.path, out_dir)
+    restore_moved_aside(out_dir)  # before the checks: a restored export is the user's, replaced only with --force
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir}: exists and is not a folder")
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
@@ -180,19 +181,41 @@ def check_out_dir(run_dir: Path, out_dir: Path) -> None:
 
 
 STAGING = ".metanet-export-"
+ASIDE = "-old"  # suffix of the previous export while the fallback of :func:`publish` swaps it out
+
+
+def _leftovers(final_dir: Path) -> list[Path]:
+    """Staging and moved-aside folders of ``final_dir`` whose export process is gone (killed)."""
+    prefix = f"{STAGING}{final_dir.name}-"
+    out = []
+    for path in sorted(final_dir.parent.glob(f"{prefix}*")):
+        pid = path.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            out.append(path)
+    return out
+
+
+def restore_moved_aside(final_dir: Path) -> None:
+    """Put back the previous export that a fallback swap moved aside, when the export doing it was killed
+    before its new folder was in place (``final_dir`` is then missing); the newest one wins."""
+    if final_dir.exists() or not final_dir.parent.is_dir():
+        return
+    aside = [p for p in _leftovers(final_dir) if p.name.endswith(ASIDE) and p.is_dir()]
+    if aside:
+        os.rename(max(aside, key=lambda p: p.stat().st_mtime), final_dir)
+        _fsync_dir(final_dir.parent)
 
 
 def staging_dir(final_dir: Path) -> Path:
     """A fresh sibling of ``final_dir`` (same filesystem, so the last step is a rename); leftovers of
-    exports that were killed are removed first."""
+    exports that were killed are removed first (a moved-aside export was restored before this)."""
     parent = final_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
-    prefix = f"{STAGING}{final_dir.name}-"
-    for old in parent.glob(f"{prefix}*"):
-        pid = old.name[len(prefix):].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-    path = parent / f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    for old in _leftovers(final_dir):
+        if old.name.endswith(ASIDE) and not final_dir.exists():
+            continue  # the only copy of the previous export: never deleted while nothing replaced it
+        shutil.rmtree(old, ignore_errors=True)
+    path = parent / f"{STAGING}{final_dir.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     path.mkdir()
     return path
 
@@ -249,19 +272,30 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def publish(staged: Path, final_dir: Path) -> None:
     """Move the finished export into place. An existing folder (--force, checked earlier) is replaced
-    only now: swapped atomically where the kernel can, else moved aside, the new one moved in, the old
-    one deleted, so a kill at any moment leaves a complete export at --out or beside it."""
+    only now, and its files are deleted only once the new folder is at --out.
+
+    Linux swaps the two folders in one step (renameat2 RENAME_EXCHANGE). Elsewhere (or on a filesystem
+    without it) two renames remain, and between them --out does not exist for a moment: a reader then
+    finds no folder, never half of one, and a kill there leaves the old export, complete, beside it
+    (``.metanet-export-NAME-PID-XXXX-old``) and the new one staged; the next export to that --out puts the
+    old one back before anything else. A failed second rename puts it back at once."""
     if not final_dir.exists():
         os.rename(staged, final_dir)
     elif final_dir.is_dir() and not any(final_dir.iterdir()):
-        final_dir.rmdir()
+        final_dir.rmdir()  # nothing to keep: an empty folder
         os.rename(staged, final_dir)
     elif _exchange(staged, final_dir):
         shutil.rmtree(staged)  # now holds the old export
     else:
-        aside = staged.with_name(staged.name + "-old")
+        aside = staged.with_name(staged.name + ASIDE)
         os.rename(final_dir, aside)
-        os.rename(staged, final_dir)
+        _fsync_dir(final_dir.parent)  # the old export is durable beside --out before --out changes
+        try:
+            os.rename(staged, final_dir)
+        except BaseException:
+            os.rename(aside, final_dir)
+            raise
+        _fsync_dir(final_dir.parent)  # the new export is durable at --out before the old one goes
         shutil.rmtree(aside)
     _fsync_dir(final_dir.parent)
 

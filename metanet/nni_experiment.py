@@ -11,9 +11,13 @@ absolute space, and every trial records how many choices the walk changed.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import math
+import os
 import re
+import socket
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -217,6 +221,144 @@ def resolve_gpus(cfg, local_gpus: int) -> tuple[int | None, str | None]:
     return 0, "note: no GPU on this machine: trials run on CPU"
 
 
+# NNI 3.0's manager (Node.js, nni_node/main.js) calls ``listen(port)`` with no address, so it listens on
+# every interface, and neither its command line (yargs, strict) nor NNI's Python API offers one. This
+# file, preloaded into that one node process through NODE_OPTIONS, gives every TCP ``listen`` without an
+# address (or with a wildcard one) the address asked for. NNI's Python side and local trials always
+# reach the manager at ``localhost``: bound to another single address, the manager is also forwarded
+# from 127.0.0.1. The hook takes itself out of the environment at once, so the processes the manager
+# starts (trials) neither inherit it nor fail when its file is gone.
+NODE_LISTEN_HOOK = r"""'use strict';
+const net = require('net');
+const host = process.env.METANET_NNI_HOST;
+const before = process.env.METANET_NNI_NODE_OPTIONS;
+if (before) { process.env.NODE_OPTIONS = before; } else { delete process.env.NODE_OPTIONS; }
+delete process.env.METANET_NNI_NODE_OPTIONS;
+delete process.env.METANET_NNI_HOST;
+if (host) {
+  const listen = net.Server.prototype.listen;
+  const wildcard = (h) => h === undefined || h === null || h === '' || h === '0.0.0.0' || h === '::';
+  const forward = !['127.0.0.1', '0.0.0.0', '::'].includes(host);
+  const isPort = (a) => typeof a === 'number' || (typeof a === 'string' && /^[0-9]+$/.test(a));
+  net.Server.prototype.listen = function (...args) {
+    const a = args[0];
+    let tcp = false;
+    if (isPort(a)) {
+      tcp = true;
+      if (typeof args[1] === 'string') { if (wildcard(args[1])) args[1] = host; } else { args.splice(1, 0, host); }
+    } else if (a !== null && typeof a === 'object' && !('path' in a) && !('fd' in a) && !('handle' in a)
+               && !('_handle' in a) && ('port' in a || 'host' in a)) {
+      tcp = true;
+      if (wildcard(a.host)) args[0] = Object.assign({}, a, { host });
+    } else if (a === undefined || typeof a === 'function') {
+      tcp = true;
+      args.unshift(0, host);
+    }
+    const server = listen.apply(this, args);
+    if (tcp && forward) {
+      server.prependOnceListener('listening', () => {
+        const port = server.address().port;
+        const relay = net.createServer((client) => {
+          const upstream = net.connect({ port, host });
+          client.pipe(upstream).pipe(client);
+          client.on('error', () => upstream.destroy());
+          upstream.on('error', () => client.destroy());
+        });
+        relay.on('error', (error) => server.emit('error', error));
+        listen.call(relay, port, '127.0.0.1');
+        server.once('close', () => relay.close());
+      });
+    }
+    return server;
+  };
+}
+"""
+
+WILDCARD_HOSTS = ("0.0.0.0", "::")
+
+
+def is_loopback(host: str) -> bool:
+    return ipaddress.ip_address(host).is_loopback
+
+
+def _node_quoted(path: str) -> str:
+    """``path`` as one NODE_OPTIONS word (node splits it on spaces, honouring double quotes and backslashes)."""
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@contextlib.contextmanager
+def nni_listens_on(host: str):
+    """A NNI manager started inside this block listens on ``host`` only (see :data:`NODE_LISTEN_HOOK`).
+
+    The hook's file lives only as long as the block: node reads it when it starts, and NNI's launcher
+    returns once the manager answers on its port."""
+    names = ("NODE_OPTIONS", "METANET_NNI_HOST", "METANET_NNI_NODE_OPTIONS")
+    saved = {name: os.environ.get(name) for name in names}
+    with tempfile.TemporaryDirectory(prefix="metanet-nni-") as folder:
+        hook = Path(folder) / "listen.js"
+        hook.write_text(NODE_LISTEN_HOOK)
+        before = saved["NODE_OPTIONS"] or ""
+        os.environ["METANET_NNI_NODE_OPTIONS"] = before
+        os.environ["METANET_NNI_HOST"] = host
+        os.environ["NODE_OPTIONS"] = f"{before} --require {_node_quoted(str(hook))}".strip()
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def listening_experiment(host: str):
+    """NNI's ``NasExperiment`` whose manager listens on ``host`` (its launcher takes no address)."""
+    with quiet():
+        from nni.nas.experiment import NasExperiment
+
+    class Experiment(NasExperiment):
+        def _start_nni_manager(self, *args, **kwargs):
+            with nni_listens_on(host):
+                return super()._start_nni_manager(*args, **kwargs)
+
+    return Experiment
+
+
+def check_web_host(cfg, manager_ip: str | None = None) -> None:
+    """``--web-host`` must be an address of this machine, and one the remote machines can reach: they
+    connect back to ``manager_ip`` (the machines file's ``nni_manager_ip``; NNI guesses one without it)."""
+    from .errors import ConfigError
+    host = cfg.web_host
+    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+    except OSError as exc:
+        raise ConfigError(f"web_host: {host} is not an address of this machine ({exc.strerror})",
+                          param="web_host") from None
+    if cfg.training_service == "local" or host in WILDCARD_HOSTS:
+        return
+    where = f"{manager_ip} (nni_manager_ip of {cfg.training_service})" if manager_ip else \
+        f"an address NNI guesses for this machine (no nni_manager_ip in {cfg.training_service})"
+    if manager_ip is None or not is_loopback(manager_ip):
+        if is_loopback(host):
+            raise ConfigError(f"web_host: NNI's manager would listen on {host} only, but the machines connect back "
+                              f"to {where}; pass --web-host with that address (or 0.0.0.0 for every interface)"
+                              + ("" if manager_ip else " and set nni_manager_ip"), param="web_host")
+        if manager_ip is not None and ipaddress.ip_address(manager_ip) != ipaddress.ip_address(host):
+            raise ConfigError(f"web_host: NNI's manager would listen on {host} only, but the machines connect back "
+                              f"to {where}", param="web_host")
+
+
+def web_ui_url(cfg) -> str:
+    host = cfg.web_host
+    shown = "localhost" if host in WILDCARD_HOSTS else f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{cfg.port}"
+    if host in WILDCARD_HOSTS:
+        return f"{url}, open to every network this machine is on (--web-host {host})"
+    return url + (" (this machine only; --web-host opens it)" if is_loopback(host) else "")
+
+
 def experiment_config(cfg, trials: int, local_gpus: int | None = None):
     """NNI's experiment config: the sequential engine, or the training-service engine on the local
     machine or on the machines of ``--training-service``, with NNI assigning GPUs to trials."""
@@ -247,6 +389,9 @@ def experiment_config(cfg, trials: int, local_gpus: int | None = None):
                         if m.use_active_gpu is None:
                             m.use_active_gpu = True
         config.trial_concurrency = cfg.concurrency
+        host = getattr(cfg, "web_host", "127.0.0.1")
+        if remote and config.nni_manager_ip is None and host not in WILDCARD_HOSTS and not is_loopback(host):
+            config.nni_manager_ip = host  # the one address the manager listens on is where machines connect
     config.max_trial_number = trials
     return config
 
@@ -285,8 +430,10 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
     evaluator = FunctionalEvaluator(nni_trial, settings=settings)
     config = experiment_config(cfg, trials)
     if cfg.engine != "sequential":
-        echo(f"NNI web UI: http://localhost:{cfg.port} (budget {format_flops(budget)})")
-    exp = NasExperiment(model_space, evaluator, chain, config=config)
+        echo(f"NNI web UI (budget {format_flops(budget)}): {web_ui_url(cfg)}")
+        exp = listening_experiment(cfg.web_host)(model_space, evaluator, chain, config=config)
+    else:
+        exp = NasExperiment(model_space, evaluator, chain, config=config)
     # NNI copies the trial code folder, which a NAS experiment fixes to the working directory, to every
     # remote machine; trials need none (metanet is installed there): run from an empty one in the run directory
     workdir = contextlib.nullcontext()

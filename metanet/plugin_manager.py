@@ -200,6 +200,28 @@ class PluginManager:
         return problems
 
 
+def unnamed_plugins(stored, named=()) -> list[str]:
+    """The plugin modules in ``stored`` (a run's config file) that this process would not load anyway:
+    neither named (``-p``, ``METANET_PLUGINS``), nor built in, nor installed through an entry point."""
+    trusted = set(DEFAULT_PLUGINS) | set(named)
+    trusted |= {p.strip() for p in os.environ.get(ENV_PLUGINS, "").split(",") if p.strip()}
+    if not os.environ.get(ENV_DISABLE_AUTOLOAD):
+        trusted |= {ep.module for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return [p for p in dict.fromkeys(stored) if p not in trusted]
+
+
+def refuse_unnamed_plugins(stored, named, run_dir, command: str) -> None:
+    """A run's config.json is only a file: anyone who can edit it could make a command that reads it import
+    their module. Its plugins are loaded only when the user names them again; otherwise one line says how."""
+    import shlex
+    missing = unnamed_plugins(stored, named)
+    if missing:
+        flags = " ".join(f"-p {shlex.quote(m)}" for m in missing)
+        raise PluginError(f"{run_dir}: the run's config.json lists plugin module(s) {', '.join(missing)}, which are "
+                          f"imported only when named again: metanet {flags} {command} {shlex.quote(str(run_dir))}",
+                          missing[0])
+
+
 _default: PluginManager | None = None
 
 

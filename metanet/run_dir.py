@@ -45,7 +45,7 @@ class RunDir:
         """A new run directory for ``cfg`` (``cfg.out`` or a timestamped one), returned locked; refuses to
         reuse a run. The caller releases the lock (:meth:`release`) when it stops writing."""
         path = Path(cfg.out or f"runs/search-{time.strftime('%Y%m%d-%H%M%S')}")
-        cls._refuse_existing(path)  # before anything is created
+        cls.refuse_existing(path)  # before anything is created
         if path.exists() and not path.is_dir():
             raise RunError(f"{path}: exists and is not a directory")
         path.mkdir(parents=True, exist_ok=True)
@@ -53,7 +53,7 @@ class RunDir:
         run = cls(path, cfg)
         run.acquire()
         try:
-            cls._refuse_existing(path)  # another process may have made it a run between the check and the lock
+            cls.refuse_existing(path)  # another process may have made it a run between the check and the lock
             write_atomic(path / cls.CONFIG, cfg.to_json())
         except BaseException:
             run.release()
@@ -61,7 +61,9 @@ class RunDir:
         return run
 
     @classmethod
-    def _refuse_existing(cls, path: Path) -> None:
+    def refuse_existing(cls, path: str | Path) -> None:
+        """A new search never writes into a directory that holds one."""
+        path = Path(path)
         if (path / cls.STORE).exists() or (path / cls.CONFIG).exists():
             raise RunError(f"{path}: already holds a search; use --resume {path} or another --out")
 
@@ -95,6 +97,19 @@ class RunDir:
     def read_store(self) -> TrialStore:
         """The store of a run that must exist (results, export): never creates one."""
         return TrialStore(self.path / self.STORE, create=False)
+
+    def check_store(self) -> None:
+        """Before a resume writes to the run: a damaged store is an error naming it. A store without any
+        table is not damaged: a search killed in the milliseconds between creating the file and its
+        first table leaves one, and the resume's store completes it."""
+        path = self.path / self.STORE
+        if not path.exists():
+            return
+        try:
+            self.read_store()
+        except RunError:
+            if not _blank_database(path):
+                raise
 
     # -- the writer's lock --------------------------------------------------------------------------
     def acquire(self) -> None:
@@ -192,6 +207,23 @@ class RunDir:
         rows = store.trials(budget)
         return {"trials": len(rows), "failed": sum(r["status"] == FAILED for r in rows),
                 "screened": store.counter(budget, "screened"), "proposals": store.counter(budget, "proposals")}
+
+
+def _blank_database(path: Path) -> bool:
+    """True for an empty file or an SQLite database that holds no table yet (read without writing)."""
+    import sqlite3
+    from urllib.parse import quote
+    if path.stat().st_size == 0:
+        return True
+    mode = "ro" if Path(f"{path}-wal").exists() else "ro&immutable=1"
+    try:
+        db = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode={mode}", uri=True)
+        try:
+            return db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
 
 
 def _one_line(exc: BaseException) -> str:

@@ -94,10 +94,12 @@ def check_engine(cfg: SearchConfig) -> str | None:
         # trials run here: what they ask for must exist here
         Runtime.create(cfg.accelerator, cfg.precision, cfg.devices)
         return None
-    from .nni_experiment import local_gpu_count, resolve_gpus
+    from .nni_experiment import check_web_host, local_gpu_count, resolve_gpus
+    manager_ip = None
     if cfg.training_service != "local":
         from .remote import load_machines_file
-        load_machines_file(cfg.training_service)
+        manager_ip = load_machines_file(cfg.training_service)[1]["nni_manager_ip"]
+    check_web_host(cfg, manager_ip)
     return resolve_gpus(cfg, local_gpu_count())[1]
 
 
@@ -154,15 +156,22 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool | None = 
     """Run (or, with ``resume``, continue the run in ``cfg.out``); the Python API of ``metanet search``.
 
     The run directory is locked for the whole search (:meth:`RunDir.acquire`)."""
-    space = check_config(cfg)
     if resume:
         run = RunDir(cfg.out, cfg)
         if not (run.path / RunDir.CONFIG).is_file():
             raise RunError(f"{run.path}: not a search run directory (no {RunDir.CONFIG})")
-        if (run.path / RunDir.STORE).exists():
-            run.read_store()  # a damaged store is named now, before the run is touched
+        run.check_store()  # a damaged store is named now, before the run is touched
+        # locked before the checks, which take seconds (imports, data): a second writer fails at once
         run.acquire()
+        try:
+            space = check_config(cfg)
+        except BaseException:
+            run.release()
+            raise
     else:
+        if cfg.out:
+            RunDir.refuse_existing(cfg.out)  # at once, not after the checks
+        space = check_config(cfg)
         run = RunDir.create(cfg)  # locked: a second writer fails at once, naming this process
     try:
         return _run_locked(cfg, run, space, progress, echo)

@@ -73,6 +73,20 @@ def _fraction(value, name):
     return out
 
 
+def _host(value, name):
+    """An IP address to listen on; ``localhost`` is 127.0.0.1 (names could resolve to anything)."""
+    import ipaddress
+    if value == "localhost":
+        return "127.0.0.1"
+    try:
+        if not isinstance(value, str):  # ip_address would read an integer as an address
+            raise ValueError(value)
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ConfigError(f"{name}: expected an IP address of this machine (127.0.0.1, or 0.0.0.0 for every "
+                          f"interface), got {value!r}", param=name) from None
+
+
 def _flag(value, name):
     if not isinstance(value, bool):
         raise ConfigError(f"{name}: expected true or false, got {value!r}", param=name)
@@ -230,6 +244,9 @@ class SearchConfig:
     trials_per_gpu: int = option(1, _integer(1), "Trials NNI may place on one GPU (ts engine).", "--trials-per-gpu",
                                  type="int>=1")
     port: int = option(8080, _integer(1, 65535), "NNI web UI port (ts engine).", "--port", type="port")
+    web_host: str = option("127.0.0.1", _host, "Address NNI's web UI and REST API listen on (ts engine): 127.0.0.1 "
+                           "keeps them to this machine; 0.0.0.0 opens them to every network it is on (anyone "
+                           "who reaches the port can control the search).", "--web-host")
     training_service: str = option("local", _text, "local, or a YAML/JSON file listing remote machines "
                                    "(NNI remote over SSH).", "--training-service")
     invalid_score: float = option(-1.0, _number, "Reported to the strategy for failed trials.")

@@ -20,12 +20,14 @@ import pytest
 from click.testing import CliRunner
 
 from metanet.cli import cli
+from metanet.errors import RunError
 from metanet.run_dir import RunDir
 from metanet.search import run_search
 from metanet.search_config import SearchConfig
 from metanet.store import TrialStore
 
 FAST = {"stages": ["zero-cost"], "proxy_resolution": 16, "flops": [400_000_000]}
+MARKER = "metanet_marker_plugin"  # a plugin module that only an edited config.json names
 SEARCH = ["search", "--stages", "zero-cost", "--proxy-resolution", "16", "--trials", "1", "--out", "new"]
 
 
@@ -48,7 +50,8 @@ def ws(tmp_path_factory):
                                ("badjson", "{not json", store),
                                ("listcfg", "[1, 2]", store),
                                ("badtype", json.dumps({**json.loads(good_config), "trials": 1.7}), store),
-                               ("nostore", good_config, None)]:
+                               ("nostore", good_config, None),
+                               ("plugged", json.dumps({**json.loads(good_config), "plugins": [MARKER]}), store)]:
         (ws / name).mkdir()
         (ws / name / "config.json").write_text(config)
         if data is not None:
@@ -64,8 +67,10 @@ def ws(tmp_path_factory):
         "c_float.yaml": "trials: 1.7", "c_stages.yaml": "stages: 5", "c_seed.yaml": "seed: abc",
         "c_unknown.yaml": "colour: blue", "c_band.yaml": "band: [0.5, .inf]", "c_settings.yaml": "settings: {zero-cost: 5}",
         "c_flops.yaml": "flops: [true]", "c_list.yaml": "- a\n- b", "c_garbage.yaml": "a: [b\n", "c_bad.toml": "x = = 1",
-        "c_score.yaml": "score: 5", "c_strategy.yaml": "strategy: annealing",
+        "c_score.yaml": "score: 5", "c_strategy.yaml": "strategy: annealing", "c_webhost.yaml": "web_host: [1]",
         "machines.yaml": "machines: []", "weights.pth": "not a checkpoint",
+        # were it ever imported (it is on sys.path in these tests), it would leave a file behind
+        f"{MARKER}.py": "import pathlib\npathlib.Path(__file__).with_name('imported.txt').write_text('imported')\n",
     }
     for name, text in files.items():
         (ws / name).write_text(text)
@@ -167,6 +172,9 @@ SEARCHES = [
     ([*S, "--devices", "0"], "--devices"),
     ([*S, "--port", "0"], "--port"),
     ([*S, "--port", "70000"], "--port"),
+    ([*S, "--web-host", "example.com"], "web_host"),
+    ([*S, "--engine", "ts", "--web-host", "198.51.100.7"], "--web-host"),  # not an address of this machine
+    ([*S, "--config", "c_webhost.yaml"], "web_host"),
     ([*S, "--concurrency", "0"], "--concurrency"),
     ([*S, "--budget-mode", "nope"], "--budget-mode"),
     ([*S, "--soft-weight", "abc"], "--soft-weight"),
@@ -202,6 +210,8 @@ SEARCHES = [
     (["search", "--resume", "listcfg"], "config.json"),
     (["search", "--resume", "badtype"], "trials"),
     (["search", "--resume", "emptydir"], "emptydir"),
+    (["search", "--resume", "plugged"], f"-p {MARKER} search --resume plugged"),
+    (["-p", "json", "search", "--resume", "plugged"], MARKER),
     (["search", "--stages", "zero-cost", "--proxy-resolution", "16", "--out", "run"], "already holds a search"),
     (["search", "--stages", "zero-cost", "--proxy-resolution", "16", "--out", "afile.txt"], "afile.txt"),
 ]
@@ -242,6 +252,7 @@ READING = [
     (["proxy-check", "run"], "needs at least"),
     (["proxy-check", "run", "--set", "bad"], "STAGE.SETTING"),
     (["proxy-check", "garbage"], "trials.sqlite is damaged"),
+    (["proxy-check", "plugged"], f"-p {MARKER} proxy-check plugged"),
     (["convert", "missing.pth", "--preset", "metanet_b4", "--out", "x.safetensors"], "missing.pth"),
     (["convert", "weights.pth", "--preset", "nope", "--out", "x.safetensors"], "nope"),
     (["convert", "weights.pth", "--out", "x.safetensors"], "--preset"),
@@ -268,6 +279,7 @@ def test_at_least_a_hundred_bad_inputs():
 @pytest.mark.parametrize("args, words", CASES, ids=[" ".join(a for a in c[0] if a not in SEARCH[1:]) for c in CASES])
 def test_bad_input_fails_in_one_line_and_changes_nothing(ws, monkeypatch, args, words):
     monkeypatch.chdir(ws)
+    monkeypatch.syspath_prepend(str(ws))  # the marker plugin could be imported: the snapshot shows it never is
     before = snapshot(ws)
     started = time.monotonic()
     result = CliRunner().invoke(cli, args)
@@ -319,6 +331,56 @@ def test_a_search_where_no_trial_finished_fails_with_the_first_error(tmp_path, m
     assert len(rows) == 2 and all(r["status"] == "failed" for r in rows)  # kept all the same
 
 
+# -- plugins a run's config names are imported only when the user names them again ----------------------
+
+MARKED_STAGE = textwrap.dedent('''
+    from metanet import hookimpl
+
+    @hookimpl
+    def metanet_register_stages(register):
+        register("marked", defaults={}, score_metric="seen")
+
+    @hookimpl
+    def metanet_run_stage(stage, context):
+        if stage == "marked":
+            return {"seen": 1.0}
+''')
+
+
+def test_resume_imports_the_runs_plugins_only_when_named_again(tmp_path, monkeypatch):
+    (tmp_path / "marked_stage.py").write_text(MARKED_STAGE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "run"
+    created = CliRunner().invoke(cli, ["-p", "marked_stage", "search", "--stages", "zero-cost,marked",
+                                       "--proxy-resolution", "16", "--trials", "1", "--flops", "400M", "--out",
+                                       str(run)])
+    assert created.exit_code == 0, created.output
+    import sqlite3
+    with sqlite3.connect(run / "trials.sqlite") as db:  # as a search killed during its trial leaves it
+        db.execute("UPDATE trials SET status = 'running', score = NULL, metrics = '{}', ended = NULL")
+    before = snapshot(run)
+    refused = CliRunner().invoke(cli, ["search", "--resume", str(run)])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    errors = [line for line in refused.output.splitlines() if line.startswith("Error:")]
+    assert errors == [f"Error: {run}: the run's config.json lists plugin module(s) marked_stage, which are imported "
+                      f"only when named again: metanet -p marked_stage search --resume {run}"]
+    assert snapshot(run) == before  # refused before the run was locked, checked or touched
+    resumed = CliRunner().invoke(cli, ["-p", "marked_stage", "search", "--resume", str(run)])
+    assert resumed.exit_code == 0, resumed.output
+    rows = TrialStore(run / "trials.sqlite").trials()
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["metrics"]["marked.seen"] == 1.0
+
+
+def test_resume_refusal_through_the_real_entry_point(ws):
+    proc = subprocess.run([sys.executable, "-m", "metanet", "search", "--resume", str(ws / "plugged")],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ws) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and MARKER in lines[0] and f"-p {MARKER}" in lines[0], proc.stderr
+    assert not (ws / "imported.txt").exists()
+
+
 # -- fault tests ----------------------------------------------------------------------------------
 
 SLOW = textwrap.dedent('''
@@ -362,7 +424,13 @@ def _lock_holder(run):
 
 def _rows(run):
     path = run / "trials.sqlite"
-    return TrialStore(path, create=False).trials() if path.exists() else []
+    if not path.exists():
+        return []
+    try:
+        return TrialStore(path, create=False).trials()
+    except RunError:
+        RunDir(run).check_store()  # fails unless no table exists yet: a search killed as it created the store
+        return []
 
 
 def test_two_writers_on_one_run(tmp_path):
@@ -395,28 +463,96 @@ def test_two_writers_on_one_run(tmp_path):
     assert len({json.dumps(r["spec"], sort_keys=True) for r in rows}) == 3
 
 
+# One process that has imported metanet, torch, Lightning and NNI forks each search of the kill test: every
+# search is a real process of the real command, killed with a real SIGKILL, but does not pay the seconds of
+# imports again (ten fresh interpreters cost more than the rest of the test). The zygote runs no torch op
+# before forking (budget_space is pure Python), so no OpenMP pool is copied into a child.
+ZYGOTE = textwrap.dedent(r"""
+    import json, os, signal, sys
+    import lightning_fabric, nni.nas.evaluator, nni.nas.experiment, nni.nas.strategy
+    import metanet.cli, metanet.nni_experiment, metanet.runtime, metanet.search, metanet.trial
+    from metanet.search_spaces.budget_space import budget_space
+    from metanet.search_spaces.unified import DEFAULT_SPACE
+    budget_space(DEFAULT_SPACE, 400_000_000, (0.9, 1.0), 224)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the searches: a gone pid is a dead search
+    print("ready", flush=True)
+    for line in sys.stdin:
+        argv, log = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            code = 1
+            try:
+                metanet.cli.main(argv)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            finally:
+                os._exit(code)
+        print(pid, flush=True)
+""")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# When each of the ten searches is killed: while it starts, once it holds the run, while a trial runs (for a
+# resumed run, the in-flight trial it re-runs first), the moment a trial has finished, and at a fixed time.
+KILL_MOMENTS = ["starting", "locked", "running", "finished", "running", "finished", "after 2 s", "finished",
+                "running", "finished"]
+
+
 def test_sigkill_during_search_then_resume_loses_and_duplicates_nothing(tmp_path):
-    run, trials = tmp_path / "run", 5
+    run, trials = tmp_path / "run", 7
     config = ["--stages", "zero-cost", "--proxy-resolution", "16", "--trials", str(trials), "--flops", "400M",
               "--seed", "3"]
+    zygote = subprocess.Popen([sys.executable, "-c", ZYGOTE], env=_env(tmp_path), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     finished: dict[int, dict] = {}
-    for cycle in range(4):
-        args = ["--resume", str(run)] if (run / "config.json").exists() else [*config, "--out", str(run)]
-        proc = _search_proc(tmp_path, *args)
-        target = len(finished) + 1
-        try:
-            _wait(lambda: sum(r["status"] == "ok" for r in _rows(run)) >= min(target, trials)
-                  and any(r["status"] == "running" for r in _rows(run)), proc)
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        rows = _rows(run)
-        for trial_id, row in finished.items():  # nothing finished is lost or changed by a kill
-            assert next(r for r in rows if r["id"] == trial_id) == row
-        finished.update({r["id"]: r for r in rows if r["status"] == "ok"})
-        if len(finished) >= trials:
-            break
-    assert len(finished) >= 2
+    kills = []
+    try:
+        assert zygote.stdout.readline().strip() == "ready"
+        for cycle, moment in enumerate(KILL_MOMENTS):
+            before = _rows(run)
+            seen = max((r["id"] for r in before), default=0)
+            args = ["search", "--resume", str(run)] if (run / "config.json").exists() else \
+                ["search", *config, "--out", str(run)]
+            zygote.stdin.write(json.dumps([args, str(tmp_path / f"search-{cycle}.log")]) + "\n")
+            zygote.stdin.flush()
+            pid, started = int(zygote.stdout.readline()), time.monotonic()
+            moments = {
+                "starting": lambda: time.monotonic() - started > 0.3,
+                "locked": lambda: _lock_holder(run) == pid,
+                "running": lambda: any(r["status"] == "running" and r["id"] > seen for r in _rows(run)),
+                "finished": lambda: any(r["status"] == "ok" and r["id"] not in finished for r in _rows(run)),
+                "after 2 s": lambda: time.monotonic() - started > 2.0,
+            }
+            deadline = time.monotonic() + 120
+            while _alive(pid) and not moments[moment]() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                kills.append(moment)
+            while _alive(pid):
+                time.sleep(0.02)
+            rows = _rows(run)
+            for trial_id, row in finished.items():  # nothing finished is lost or changed by a kill
+                assert next(r for r in rows if r["id"] == trial_id) == row, (cycle, moment)
+            assert len({r["spec_key"] for r in rows}) == len(rows), (cycle, moment)  # no architecture twice
+            finished.update({r["id"]: r for r in rows if r["status"] == "ok"})
+    finally:
+        zygote.stdin.close()
+        zygote.wait(timeout=60)
+    assert kills == KILL_MOMENTS  # every search was killed while it still had work to do
+    assert 3 <= len(finished) < trials
     result = CliRunner().invoke(cli, ["search", "--resume", str(run), "--json"])
     assert result.exit_code == 0, result.output
     rows = _rows(run)
@@ -441,16 +577,18 @@ def test_resume_restores_missing_kept_weights(tmp_path):
     assert len(TrialStore(tmp_path / "run" / "trials.sqlite").trials()) == 2
 
 
-def _complete_export(folder: Path) -> int | None:
+def _complete_export(folder: Path, onnx: bool = True) -> int | None:
     """The trial of a complete export folder, None when the folder is missing; fails when it is partial."""
     if not folder.exists():
         return None
     names = {p.name for p in folder.iterdir()}
-    assert {"arch.json", "model.safetensors", "config.json", "README.md", "model.onnx"} <= names, names
+    assert {"arch.json", "model.safetensors", "config.json", "README.md", *(["model.onnx"] if onnx else [])} \
+        <= names, names
     from safetensors.torch import load_file
     load_file(str(folder / "model.safetensors"))
-    import onnx
-    onnx.checker.check_model(str(folder / "model.onnx"))
+    if onnx:
+        import onnx as onnx_lib
+        onnx_lib.checker.check_model(str(folder / "model.onnx"))
     return json.loads((folder / "config.json").read_text())["search"]["trial"]
 
 
@@ -481,3 +619,92 @@ def test_sigkill_during_export_force_leaves_the_old_or_the_new_export(tmp_path):
     assert result.exit_code == 0, result.output
     assert _complete_export(out) == new_id
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".metanet-export-")]  # no staging left behind
+
+
+# Where the kernel cannot swap two folders (not Linux, or a filesystem without RENAME_EXCHANGE) export falls
+# back to two renames: the old export moves aside, the new one moves in, and only then is the old one deleted.
+
+def _two_runs_exports(tmp_path):
+    run = tmp_path / "run"
+    run_search(SearchConfig.from_dict({**FAST, "trials": 2, "out": str(run)}), progress=False, echo=lambda m: None)
+    old_id, new_id = (r["id"] for r in TrialStore(run / "trials.sqlite").trials())
+    from metanet.export import export_run
+    export_run(run, tmp_path / "export", trial=old_id)
+    return run, old_id, new_id
+
+
+def test_export_without_an_atomic_swap_deletes_the_old_export_only_after_the_new_one_is_in_place(
+        tmp_path, monkeypatch):
+    import metanet.export
+    from metanet.export import export_run
+    run, old_id, new_id = _two_runs_exports(tmp_path)
+    out = tmp_path / "export"
+    monkeypatch.setattr(metanet.export, "_exchange", lambda a, b: False)
+    rename, moves = os.rename, []
+
+    def watched(src, dst):
+        if Path(dst) == out:  # the new export moves in: the old one, complete, waits beside --out
+            moves.append(_complete_export(Path(f"{src}-old"), onnx=False))
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", watched)
+    export_run(run, out, trial=new_id, force=True)
+    assert moves == [old_id] and _complete_export(out, onnx=False) == new_id
+
+    def failing(src, dst):
+        if Path(dst) == out and not str(src).endswith("-old"):  # the new export cannot move in
+            raise OSError("the second rename failed")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing)
+    with pytest.raises(OSError, match="second rename"):
+        export_run(run, out, trial=old_id, force=True)
+    assert _complete_export(out, onnx=False) == new_id  # put back at once
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".metanet-export-")]
+
+
+KILL_BETWEEN_RENAMES = textwrap.dedent("""
+    import os, signal, sys
+    import metanet.export
+    metanet.export._exchange = lambda a, b: False
+    rename = os.rename
+
+    def rename_then_die(src, dst):
+        rename(src, dst)
+        if str(dst).endswith("-old"):  # the old export is aside, the new one not yet in place
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    os.rename = rename_then_die
+    metanet.export.export_run(sys.argv[1], sys.argv[2], trial=int(sys.argv[3]), force=True)
+""")
+
+
+def test_export_killed_between_the_two_renames_keeps_the_old_export(tmp_path):
+    run, old_id, new_id = _two_runs_exports(tmp_path)
+    out = tmp_path / "export"
+    proc = subprocess.run([sys.executable, "-c", KILL_BETWEEN_RENAMES, str(run), str(out), str(new_id)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not out.exists()
+    aside = [p for p in tmp_path.iterdir() if p.name.endswith("-old")]
+    assert len(aside) == 1 and _complete_export(aside[0], onnx=False) == old_id
+    # the next export puts the old one back first: without --force it is the user's and is not replaced
+    refused = CliRunner().invoke(cli, ["export", str(run), "--out", str(out), "--trial", str(new_id)])
+    assert refused.exit_code == 1 and "use --force" in refused.output
+    assert _complete_export(out, onnx=False) == old_id
+    replaced = CliRunner().invoke(cli, ["export", str(run), "--out", str(out), "--trial", str(new_id), "--force"])
+    assert replaced.exit_code == 0, replaced.output
+    assert _complete_export(out, onnx=False) == new_id
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".metanet-export-")]
+
+
+def test_resume_completes_a_store_killed_before_its_first_table(tmp_path):
+    cfg = {**FAST, "trials": 1, "out": str(tmp_path / "run")}
+    run_search(SearchConfig.from_dict(cfg), progress=False, echo=lambda m: None)
+    store = tmp_path / "run" / "trials.sqlite"
+    for leftover in (store, Path(f"{store}-wal"), Path(f"{store}-shm")):
+        leftover.unlink(missing_ok=True)
+    store.write_bytes(b"")  # as a search killed between creating the file and its first table leaves it
+    run_search(SearchConfig.from_dict(cfg), resume=True, progress=False, echo=lambda m: None)
+    rows = TrialStore(store).trials()
+    assert len(rows) == 1 and rows[0]["status"] == "ok"

@@ -263,10 +263,102 @@ def test_search_finished_hook_and_pareto_front(tmp_path, monkeypatch):
     assert pareto_front(pts) == [0, 2, 4]
 
 
-def test_local_training_service_engine_runs_two_trials(tmp_path):
-    summary, store = _search(tmp_path, engine="ts", concurrency=2, trials=2, port=18080 + os.getpid() % 1000)
+def _listening(port: int) -> set[str]:
+    """Addresses a TCP socket listens on at ``port`` in this network namespace (Linux /proc/net/tcp, tcp6)."""
+    import socket
+    out = set()
+    for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            lines = open(f"/proc/net/{name}").read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            address, hex_port = fields[1].split(":")
+            if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, len(address), 8))
+                out.add(socket.inet_ntop(family, raw))
+    return out
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads listening sockets from Linux's /proc/net")
+def test_local_training_service_engine_runs_two_trials_with_nni_on_localhost_only(tmp_path):
+    import threading
+    port = 18080 + os.getpid() % 1000
+    seen, stop = set(), threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.update(_listening(port))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        summary, store = _search(tmp_path, engine="ts", concurrency=2, trials=2, port=port)
+    finally:
+        stop.set()
+        watcher.join()
     rows = store.trials()
-    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)  # trials reached the manager
+    assert seen == {"127.0.0.1"}  # NNI's manager listened, and on the loopback address only (not 0.0.0.0 or ::)
+
+
+def _node_listens(host: str, call: str) -> dict:
+    """Start a server in NNI's own node as NNI's manager would be started, with ``call`` as its listen."""
+    import subprocess
+    import nni_node
+    from metanet.nni_experiment import nni_listens_on
+    script = ("const http = require('http'); const s = http.createServer((q, r) => r.end('ok'));"
+              "const get = (n) => http.get({host: '127.0.0.1', port: s.address().port}, (r) => {"
+              "  let b = ''; r.on('data', (d) => b += d); r.on('end', () => { report(b); }); })"
+              "  .on('error', (e) => n ? setTimeout(() => get(n - 1), 100) : report(e.code));"
+              "const report = (via) => { console.log(JSON.stringify({address: s.address().address, via,"
+              "  inherited: process.env.NODE_OPTIONS || null, host: process.env.METANET_NNI_HOST || null})); s.close(); };"
+              f"{call.replace('PORT', str(19080 + os.getpid() % 1000))}")
+    node = os.path.join(nni_node.__path__[0], "node")
+    with nni_listens_on(host):
+        proc = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("host, call, address", [
+    ("127.0.0.1", "s.listen(PORT, () => get(20));", "127.0.0.1"),            # NNI's call: no address
+    ("127.0.0.1", "s.listen(PORT, '0.0.0.0', () => get(20));", "127.0.0.1"),  # a wildcard is replaced too
+    ("127.0.0.1", "s.listen({port: PORT}, () => get(20));", "127.0.0.1"),
+    ("0.0.0.0", "s.listen(PORT, () => get(20));", "0.0.0.0"),                 # the user's opt-in
+    ("127.0.0.2", "s.listen(PORT, () => get(20));", "127.0.0.2"),             # one address, and 127.0.0.1 relayed
+])
+def test_nni_manager_listens_where_asked(host, call, address):
+    out = _node_listens(host, call)
+    assert out["address"] == address
+    assert out["via"] == "ok"  # NNI's Python side and local trials reach it at localhost
+    assert out["inherited"] is None and out["host"] is None  # the manager's trials do not inherit the hook
+
+
+def test_web_host_is_checked_before_the_run(tmp_path):
+    from metanet.errors import ConfigError
+    from metanet.search import check_engine
+    assert SearchConfig.from_dict({"web_host": "localhost"}).web_host == "127.0.0.1"
+    for bad in ("example.com", 5, "127.0.0.1:80"):
+        with pytest.raises(ConfigError, match="web_host: expected an IP address"):
+            SearchConfig.from_dict({"web_host": bad})
+    with pytest.raises(ConfigError, match="web_host: 198.51.100.7 is not an address of this machine"):
+        check_engine(SearchConfig.from_dict({**CHEAP, "engine": "ts", "web_host": "198.51.100.7"}))
+    key = tmp_path / "id_ed25519"
+    key.write_text("not a real key")
+    machines = tmp_path / "machines.yaml"
+    machines.write_text(f"nni_manager_ip: 10.0.0.2\nmachines:\n  - {{host: 10.0.0.5, user: ml, ssh_key_file: {key}}}\n")
+    remote = {**CHEAP, "engine": "ts", "training_service": str(machines)}
+    # remote machines cannot reach a manager that listens on the loopback address only: said before the run
+    with pytest.raises(ConfigError, match="web_host: NNI's manager would listen on 127.0.0.1 only, but the "
+                                          "machines connect back to 10.0.0.2"):
+        check_engine(SearchConfig.from_dict(remote))
+    check_engine(SearchConfig.from_dict({**remote, "web_host": "0.0.0.0"}))
+    result = CliRunner().invoke(cli, ["search", "--engine", "ts", "--training-service", str(machines),
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--web-host" in result.output and not (tmp_path / "run").exists()
 
 
 def test_config_file_and_flags(tmp_path):
