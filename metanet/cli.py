@@ -309,13 +309,15 @@ def evaluate_cmd(spec, stages, data, proxy_resolution, val_fraction, repeats, ac
     """
     from .data import load_data
     from .search_config import parse_sets, parse_stages
-    from .stages import check_score_stages, evaluate_repeated, parse_score
+    from .stages import check_score_stages, check_stages, evaluate_repeated, parse_score, preflight_stages
     from .store import OK
     pm = _registry()
     arch = _load_spec(spec)
     settings, weights, stage_list = parse_sets(sets), parse_score(score), parse_stages(stages)
     if weights:
         check_score_stages(weights, stage_list)  # before any training
+    preflight_stages(pm, stage_list, check_stages(pm, stage_list, settings),
+                     {"data": data, "proxy_resolution": proxy_resolution})
     warn_small_attention_grids(arch, proxy_resolution)
     bundle = load_data(pm, data, proxy_resolution, seed, val_fraction)
     from .runtime import Runtime
@@ -375,6 +377,8 @@ def search_cmd(ctx, sets, config_file, resume_dir, as_json, **flags):
         _emit_json(summary.to_json())
     else:
         click.echo(summary.table)
+        if summary.final:
+            click.echo(summary.final_table())
         click.echo(f"run directory: {summary.run_dir}   (metanet results {summary.run_dir})")
         if summary.plot:
             click.echo(f"plot: {summary.plot}")
@@ -382,6 +386,84 @@ def search_cmd(ctx, sets, config_file, resume_dir, as_json, **flags):
         raise RunError(f"no trial finished ({summary.failed} failed"
                        + (f"; first error: {summary.first_error}" if summary.first_error else "")
                        + f"); the trials are in {summary.run_dir}")
+
+
+@cli.group()
+def supernet():
+    """Train a weight-sharing supernet once; score candidates with it (--stages supernet)."""
+
+
+@supernet.command("train")
+@click.option("--flops", "budgets", default="600M", show_default=True,
+              help="FLOP budget(s) whose budget-centred spaces it covers, e.g. 600M or 300M,600M.")
+@band_option
+@space_option
+@click.option("--resolution", type=click.IntRange(min=16), default=224, show_default=True,
+              help="Deployment resolution at which the budgets' FLOPs are counted.")
+@click.option("--proxy-resolution", type=click.IntRange(min=8), default=64, show_default=True,
+              help="Image size it trains at (a search scoring with it must use the same).")
+@click.option("--data", default="digits", show_default=True, help="digits, or a folder (as for search).")
+@click.option("--source", default=None, help="The upstream label source it learns (default: the data's first).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Its directory (default: runs/supernet-<time>).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps  [default: 400].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
+@click.option("--random-subnets", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Random sub-networks per step, besides the largest and the smallest (sandwich rule).")
+@click.option("--save-every", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Checkpoint every N steps (and at the end).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--accelerator", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="Where it trains  [default: auto].")
+@click.option("--precision", type=click.Choice(["32", "bf16-mixed", "16-mixed"]), default=None,
+              help="Training precision  [default: 32].")
+@click.option("--devices", type=click.IntRange(min=1), default=None, help="Data-parallel ranks  [default: 1].")
+@click.option("--resume", is_flag=True, help="Continue the supernet in --out from its last checkpoint.")
+@json_option
+@click.pass_context
+def supernet_train(ctx, budgets, band, space_name, resolution, proxy_resolution, data, source, out_dir, steps,
+                   batch_size, lr, random_subnets, save_every, seed, accelerator, precision, devices, resume, as_json):
+    """Train a supernet over the budget-centred space(s) of --flops (BigNAS sandwich rule, in-place
+    distillation); checkpointed to --out, resumable with --resume after a kill."""
+    import time as _time
+    from . import supernet as sn
+    from .errors import ConfigError
+    try:
+        flops = [parse_flops(b) for b in budgets.split(",") if b.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--flops'") from None
+    if resume:
+        if not out_dir:
+            raise ConfigError("--resume needs --out DIR, the supernet to continue", param="out")
+        src = ctx.get_parameter_source
+        changes = {k: v for k, v in (("steps", steps), ("accelerator", accelerator), ("precision", precision),
+                                     ("devices", devices)) if v is not None}
+        fixed = [name for name in ("budgets", "band", "space_name", "resolution", "proxy_resolution", "data", "source",
+                                   "batch_size", "lr", "random_subnets", "save_every", "seed")
+                 if src(name) == click.core.ParameterSource.COMMANDLINE]
+        if fixed:
+            raise ConfigError(f"--resume continues the supernet as it was configured; only --steps, --accelerator, "
+                              f"--precision and --devices may change (got --{fixed[0].replace('_name', '').replace('_', '-')})")
+        settings = sn.SupernetSettings()
+    else:
+        settings = sn.SupernetSettings(
+            flops=flops, band=band, space=space_name, resolution=resolution, proxy_resolution=proxy_resolution,
+            data=data, source=source, steps=steps or sn.SupernetSettings.steps, batch_size=batch_size, lr=lr, random_subnets=random_subnets,
+            save_every=save_every, seed=seed, accelerator=accelerator or "auto", precision=precision or "32",
+            devices=devices or 1, plugins=list(ctx.find_root().obj.get("plugins", ())))
+        changes = None
+    out_dir = out_dir or _time.strftime("runs/supernet-%Y%m%d-%H%M%S")
+    summary = sn.train(settings, out_dir, resume=resume, changes=changes, echo=lambda m: click.echo(m, err=True),
+                       named_plugins=tuple(ctx.find_root().obj.get("plugins", ())))
+    if as_json:
+        _emit_json(summary)
+    else:
+        click.echo(f"supernet: {summary['out']}  step {summary['step']}/{summary['steps']}  "
+                   f"{summary['shared_parameters'] / 1e6:.1f}M shared parameters  {summary['seconds']:.0f} s")
+        click.echo(f"score candidates with: metanet search --stages supernet --set supernet.path={summary['out']} "
+                   f"--flops {','.join(format_flops(b) for b in summary['budgets'])} "
+                   f"--proxy-resolution {summary['resolution']}")
 
 
 @cli.command("results")
@@ -412,9 +494,12 @@ def results_cmd(run_dir, top, as_json):
 @click.option("--seed", type=int, default=None,
               help="Re-evaluate with this seed (data split and initialisation; default: the run's). With no other "
                    "change: the noise ceiling, how well the proxy agrees with itself.")
+@click.option("--stages", default=None, metavar="STAGES",
+              help="Re-evaluate with these stages instead of the run's (e.g. amateur, to check supernet scores "
+                   "against stand-alone training); scored by their last scoring stage's metric.")
 @budget_option("Only the trials of this budget of the run (e.g. 300M).")
 @json_option
-def proxy_check_cmd(run_dir, top, sets, proxy_resolution, repeats, seed, budget, as_json):
+def proxy_check_cmd(run_dir, top, sets, proxy_resolution, repeats, seed, stages, budget, as_json):
     """Does the search's proxy rank architectures as a longer/larger evaluation does?
 
     Re-evaluates K finished trials of RUN_DIR with the run's stages and the --set overrides
@@ -422,11 +507,17 @@ def proxy_check_cmd(run_dir, top, sets, proxy_resolution, repeats, seed, budget,
     search-time and the re-evaluated validation scores. Re-evaluations are kept in
     RUN_DIR/proxy-check-<key>/; the same command again resumes them.
     """
+    from .plugin_manager import refuse_unnamed_plugins
     from .proxy_check import proxy_check
+    from .run_dir import RunDir
     from .search_config import parse_sets
     _registry()
+    refuse_unnamed_plugins(RunDir.open(run_dir).config.plugins, click.get_current_context().find_root().obj.get(
+        "plugins", ()), run_dir, "proxy-check")
+    from .search_config import parse_stages
     result = proxy_check(run_dir, top, parse_sets(sets), proxy_resolution, repeats, budget, seed,
-                         echo=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)))
+                         echo=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)),
+                         stages=parse_stages(stages) if stages is not None else None)
     if as_json:
         return _emit_json(result.to_json())
     click.echo(result.table())

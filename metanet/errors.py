@@ -53,3 +53,7 @@ class ExportError(MetanetError):
 
 class RemoteConfigError(ConfigError):
     """A machines file NNI could not use; the message names the file and the field."""
+
+
+class SupernetError(MetanetError):
+    """A supernet that cannot serve what is asked (another space, budget or resolution; a damaged checkpoint)."""

@@ -62,7 +62,7 @@ def metanet_register_datasets(register):
 @hookspec
 def metanet_register_stages(register):
     """Register evaluation stages: ``register(name, run=None, defaults=None, description="",
-    trains_backbone=False, score_metric="acc")``.
+    trains_backbone=False, score_metric="acc", check=None)``.
 
     Called once per plugin at load time. ``run(context)`` evaluates one candidate (``context`` is a
     :class:`metanet.stages.StageContext`) and returns a dict of metric name -> number: metrics
@@ -73,8 +73,10 @@ def metanet_register_stages(register):
     values keep the type of their default. ``trains_backbone=True`` declares that the stage leaves
     trained backbone weights in ``context.state[name]["weights"]`` (the search keeps the best for
     export). ``score_metric`` is the metric that scores a candidate when this is the last stage of
-    a run that declares one (``None``: never the default score). Without ``run``, the stage runs
-    through :func:`metanet_run_stage`. Returns nothing.
+    a run that declares one (``None``: never the default score). ``check(config, setup)``, optional,
+    raises a ``metanet.errors.MetanetError`` before any trial when the stage cannot run with the
+    search's or evaluation's ``setup`` (a dict: ``data``, ``proxy_resolution``, ``resolution``, ``space``,
+    ``flops``, ``band``). Without ``run``, the stage runs through :func:`metanet_run_stage`. Returns nothing.
     """
 
 

@@ -73,46 +73,58 @@ def rank_correlations(x: list[float], y: list[float]) -> tuple[float | None, flo
 
 
 def check_config(cfg: SearchConfig, sets: dict[str, dict], proxy_resolution: int | None,
-                 repeats: int | None, seed: int | None = None) -> SearchConfig:
+                 repeats: int | None, seed: int | None = None, stages: list[str] | None = None) -> SearchConfig:
     """The run's config with the overrides: same stages, data and score; a longer/larger schedule, or
     (``seed``) the same proxy with another data split and initialisation, whose agreement with the
-    search is the most any proxy of this noise level can show."""
+    search is the most any proxy of this noise level can show; or (``stages``) other stages altogether,
+    e.g. stand-alone training against supernet scores, scored by their own default metric."""
     from .plugin_manager import registry
-    from .stages import check_stages
-    unknown = [s for s in sets if s not in cfg.stages]
+    from .stages import check_stages, preflight_stages
+    new_stages = list(stages) if stages else list(cfg.stages)
+    unknown = [s for s in sets if s not in new_stages]
     if unknown:
-        raise ConfigError(f"set: stage {unknown[0]!r} is not among the run's stages {','.join(cfg.stages)}",
-                          param="set")
-    settings = merge_settings(cfg.settings, sets)
-    check_stages(registry(cfg.plugins), cfg.stages, settings)
-    return replace(cfg, settings=settings, proxy_resolution=proxy_resolution or cfg.proxy_resolution,
-                   repeats=repeats or cfg.repeats, seed=cfg.seed if seed is None else seed, engine="sequential",
-                   out=None)
+        whose = "the stages" if stages else "the run's stages"
+        raise ConfigError(f"set: stage {unknown[0]!r} is not among {whose} {','.join(new_stages)}", param="set")
+    settings = merge_settings({k: v for k, v in cfg.settings.items() if k in new_stages}, sets)
+    pm = registry(cfg.plugins)
+    configs = check_stages(pm, new_stages, settings)
+    out = replace(cfg, stages=new_stages, settings=settings, score=cfg.score if new_stages == cfg.stages else None,
+                  proxy_resolution=proxy_resolution or cfg.proxy_resolution, repeats=repeats or cfg.repeats,
+                  seed=cfg.seed if seed is None else seed, engine="sequential", out=None, final_stages=[])
+    from .search import stage_setup
+    preflight_stages(pm, new_stages, configs, stage_setup(out))
+    return out
 
 
 def _key(cfg: SearchConfig) -> str:
     what = {"settings": cfg.settings, "proxy_resolution": cfg.proxy_resolution, "repeats": cfg.repeats,
             "seed": cfg.seed}
+    if cfg.score is None:  # re-evaluated with other stages (older check directories keep their keys)
+        what["stages"] = cfg.stages
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def proxy_check(run_dir: str | Path, top: int, sets: dict[str, dict] | None = None,
                 proxy_resolution: int | None = None, repeats: int | None = None, budget: int | None = None,
-                seed: int | None = None, echo=lambda *_: None) -> ProxyCheck:
-    if top < MIN_TRIALS:
+                seed: int | None = None, echo=lambda *_: None, stages: list[str] | None = None,
+                final: bool = False) -> ProxyCheck:
+    """Re-evaluate ``top`` finished trials of the run (see the module's docstring). ``final``: the second
+    phase of a two-phase search instead: exactly the ``top`` best, into ``RUN/final-<key>/``."""
+    least = 1 if final else MIN_TRIALS
+    if top < least:
         raise ConfigError(f"top: need at least {MIN_TRIALS} trials to correlate rankings, got {top}", param="top")
     run = RunDir.open(run_dir)
     cfg = run.config
     if budget is not None and budget not in cfg.flops:
         raise ConfigError(f"flops: the run has no budget {budget} (budgets: {', '.join(map(str, cfg.flops))})",
                           param="flops")
-    check_cfg = check_config(cfg, sets or {}, proxy_resolution, repeats, seed)
+    check_cfg = check_config(cfg, sets or {}, proxy_resolution, repeats, seed, stages)
     rows = [r for r in run.ranked(budget, status=OK, store=run.read_store()) if r["score"] is not None]
-    if len(rows) < MIN_TRIALS:
+    if len(rows) < least:
         raise RunError(f"{run.path}: {len(rows)} finished trial(s); proxy-check needs at least {MIN_TRIALS}")
-    chosen = select_trials(rows, top)
+    chosen = rows[:top] if final else select_trials(rows, top)
 
-    check_dir = run.path / f"proxy-check-{_key(check_cfg)}"
+    check_dir = run.path / f"{'final' if final else 'proxy-check'}-{_key(check_cfg)}"
     if (check_dir / RunDir.CONFIG).exists():
         check = RunDir.open(check_dir)
         check.acquire()
@@ -134,7 +146,7 @@ def _recheck(run: RunDir, check: RunDir, chosen: list[dict], echo) -> ProxyCheck
     out = []
     for i, row in enumerate(chosen, 1):
         settings = trial_settings(check.config, check.path, row["budget"])
-        echo(f"proxy-check: trial {row['id']} ({i}/{len(chosen)})")
+        echo(f"{check.path.name}: trial {row['id']} ({i}/{len(chosen)})")
         _, rechecked = evaluate_spec(ArchSpec.from_dict(row["spec"]), settings)
         full = {r["id"]: r for r in store.trials(row["budget"])}.get(rechecked["id"], {})
         out.append({"id": row["id"], "budget": row["budget"], "flops": row["flops"], "spec": row["spec"],
@@ -147,7 +159,9 @@ def _recheck(run: RunDir, check: RunDir, chosen: list[dict], echo) -> ProxyCheck
     pairs = [(t["search_score"], t["recheck_score"]) for t in out if t["recheck_score"] is not None]
     tau, rho = rank_correlations([p[0] for p in pairs], [p[1] for p in pairs])
     result = ProxyCheck(run.path, check.path, tau, rho, out)
-    (check.path / "proxy_check.json").write_text(json.dumps(result.to_json(), indent=2))
+    from .run_dir import write_atomic
+    write_atomic(check.path / f"{check.path.name.rsplit('-', 1)[0].replace('-', '_')}.json",
+                 json.dumps(result.to_json(), indent=2))
     return result
 
 

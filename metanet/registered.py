@@ -111,11 +111,26 @@ class Stage(Registered):
     the stage leaves trained backbone weights in ``context.state[name]["weights"]`` (kept for export).
     ``score_metric``: the metric that scores a candidate when this is the last scoring stage (None:
     this stage never provides the default score). A stage registered without ``run`` is run through
-    the ``metanet_run_stage`` hook, as before.
+    the ``metanet_run_stage`` hook, as before. ``check`` (optional, a callable or ``"module:attr"``):
+    ``check(config, setup)`` raises a :class:`metanet.errors.MetanetError` when the stage cannot run on
+    what the search or evaluation is set up with (``setup``: data, proxy_resolution, resolution, space,
+    flops, band), so the user hears it before any trial, not once per failed trial.
     """
 
     kind: str = "stage"
-    OPTIONS: ClassVar[tuple[str, ...]] = ("defaults", "description", "trains_backbone", "score_metric")
+    OPTIONS: ClassVar[tuple[str, ...]] = ("defaults", "description", "trains_backbone", "score_metric", "check")
+
+    def preflight(self, config: dict[str, Any], setup: dict[str, Any]) -> None:
+        check = self.options.get("check")
+        if check is None:
+            return
+        if isinstance(check, str):
+            try:
+                check = self.options["check"] = resolve(check)
+            except (ImportError, AttributeError) as exc:
+                raise PluginError(f"plugin '{self.plugin}': stage {self.name!r}: cannot load its check "
+                                  f"({type(exc).__name__}: {exc})", self.plugin) from None
+        check(config, setup)
 
     @property
     def defaults(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ class SearchSummary:
     plot: Path | None
     finished: int = 0                # trials that finished with a score, every budget
     first_error: str | None = None   # the error of the first failed trial (trial id: message)
+    final: dict[int, dict] | None = None  # the second phase per budget (metanet.search.final_phase)
 
     def to_json(self) -> dict:
         best = {str(b): (r and {"id": r["id"], "flops": r["flops"], "params": r["params"], "score": r["score"],
@@ -28,7 +29,20 @@ class SearchSummary:
                 for b, r in self.best.items()}
         return {"run_dir": str(self.run_dir), "trials": self.trials, "failed": self.failed,
                 "screened": {str(k): v for k, v in self.screened.items()}, "best": best,
-                "plot": str(self.plot) if self.plot else None}
+                "plot": str(self.plot) if self.plot else None,
+                "final": None if self.final is None else {str(b): v for b, v in self.final.items()}}
+
+    def final_table(self) -> str:
+        """The second phase, per budget: each re-evaluated trial's search and final scores."""
+        from .budget import format_flops
+        lines = []
+        for b, phase in (self.final or {}).items():
+            lines.append(f"final phase {format_flops(b)} ({','.join(phase['stages'])}): {phase['dir']}")
+            lines.append(f"{'id':>6} {'search':>8} {'final':>8} {'rank':>5}")
+            for t in phase["trials"]:
+                final = "-" if t["final_score"] is None else f"{t['final_score']:.4f}"
+                lines.append(f"{t['id']:>6} {t['score']:>8.4f} {final:>8} {t['final_rank'] or '-':>5}")
+        return "\n".join(lines)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

@@ -16,7 +16,7 @@ from .progress import Progress
 from .report import SearchSummary, summarize
 from .run_dir import RunDir
 from .search_config import SearchConfig
-from .store import DONE, RUNNING
+from .store import DONE, OK, RUNNING
 
 
 def check_config(cfg: SearchConfig):
@@ -26,11 +26,15 @@ def check_config(cfg: SearchConfig):
     from .stages import check_stages
 
     pm = registry(cfg.plugins)
-    for stage in cfg.stages:
+    for stage in cfg.stages + cfg.final_stages:
         _lookup("stages", pm.stage, stage)
     _lookup("strategy", pm.strategy, cfg.strategy)
     space = _lookup("space", get_space, cfg.space)
-    check_stages(pm, cfg.stages, cfg.settings)
+    both = list(dict.fromkeys(cfg.stages + cfg.final_stages))
+    configs = check_stages(pm, both, cfg.settings)
+    if cfg.final_stages:
+        from .stages import check_score_stages, default_score_weights
+        check_score_stages(default_score_weights(cfg.final_stages, pm), cfg.final_stages)
     check_score(pm, cfg)
     check_engine(cfg)
     check_data(pm, cfg)
@@ -48,7 +52,39 @@ def check_config(cfg: SearchConfig):
                               f"at {cfg.resolution}px: {format_flops(lo)} to {format_flops(hi)} FLOPs")
         if cfg.budget_mode != "project":
             budget_space(space, b, cfg.band, cfg.resolution)  # raises its own one-line error
+    from .stages import preflight_stages
+    preflight_stages(pm, both, configs, stage_setup(cfg))
     return space
+
+
+def final_phase(cfg: SearchConfig, run: RunDir, echo) -> dict[int, dict]:
+    """The second phase: the best ``final_top`` trials of each budget re-evaluated with ``final_stages``
+    (into RUN/final-<key>/, resumable like proxy-check); per budget the re-evaluations, the best of them by
+    the final score, and the rank agreement of the two phases."""
+    from .proxy_check import proxy_check
+    out = {}
+    for budget in cfg.flops:
+        if not run.ranked(budget, status=OK):
+            continue
+        echo(f"final phase: the best {cfg.final_top} of {format_flops(budget)} with {','.join(cfg.final_stages)}")
+        check = proxy_check(run.path, cfg.final_top, budget=budget, stages=cfg.final_stages, final=True,
+                            echo=echo)
+        scored = [t for t in check.trials if t["recheck_score"] is not None]
+        best = max(scored, key=lambda t: t["recheck_score"]) if scored else None
+        out[budget] = {"stages": list(cfg.final_stages), "dir": str(check.check_dir), "kendall_tau": check.kendall_tau,
+                       "best": best and {"id": best["id"], "final_id": best["recheck_id"], "score": best["search_score"],
+                                         "final_score": best["recheck_score"],
+                                         "final_test_score": best["recheck_test_score"]},
+                       "trials": [{"id": t["id"], "score": t["search_score"], "final_score": t["recheck_score"],
+                                   "final_test_score": t["recheck_test_score"], "final_rank": t["recheck_rank"],
+                                   "final_error": t["recheck_error"]} for t in check.trials]}
+    return out
+
+
+def stage_setup(cfg: SearchConfig) -> dict:
+    """What a stage's ``check`` sees of a search."""
+    return {"data": cfg.data, "proxy_resolution": cfg.proxy_resolution, "resolution": cfg.resolution,
+            "space": cfg.space, "flops": list(cfg.flops), "band": tuple(cfg.band)}
 
 
 def check_score(pm, cfg: SearchConfig) -> None:
@@ -219,6 +255,8 @@ def _run_locked(cfg: SearchConfig, run: RunDir, space, progress, echo) -> Search
     finally:
         bar.close()
     summary = summarize(run)
+    if cfg.final_stages and summary.finished:
+        summary.final = final_phase(cfg, run, echo)
     best = {b: (r and {"id": r["id"], "flops": r["flops"], "score": r["score"], "spec": r["spec"]})
             for b, r in summary.best.items()}
     for problem in registry(cfg.plugins).notify("metanet_search_finished", run={

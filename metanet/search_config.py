@@ -120,6 +120,10 @@ def parse_stages(value, name="stages"):
     return out
 
 
+def _final_stages(value, name):
+    return parse_stages(value, name) if _names(value, name) else []
+
+
 def _flops(value, name):
     try:
         if isinstance(value, str):
@@ -213,6 +217,12 @@ class SearchConfig:
     settings: dict[str, dict[str, Any]] = option({}, _settings, "Stage settings, {stage: {key: value}}.")
     score: dict[str, float] | None = option(None, _score, "Score as weighted metrics, e.g. downstream.acc=1 "
                                             "(default: the last scoring stage's metric).", "--score")
+    final_stages: list[str] = option([], _final_stages, "A second phase: after the search, re-evaluate the best "
+                                     "--final-top trials of each budget with these stages (e.g. amateur,expert,"
+                                     "generalist,downstream after --stages supernet); both scores are reported.",
+                                     "--final-stages")
+    final_top: int = option(3, _integer(1), "Trials per budget the second phase re-evaluates.", "--final-top",
+                            type="int>=1")
     data: str = option("digits", _text, "digits, or a folder with upstream/ and downstream/.", "--data")
     proxy_resolution: int = option(64, _integer(8), "Image size the stages train at (64: every stage that may "
                                    "hold attention sees at least 2x2 tokens).", "--proxy-resolution", type="int>=8")

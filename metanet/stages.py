@@ -139,6 +139,12 @@ def check_stages(pm: PluginManager, stages: list[str], config: dict[str, dict] |
     return {name: pm.stage(name).config(config.get(name)) for name in stages}
 
 
+def preflight_stages(pm: PluginManager, stages: list[str], configs: dict[str, dict], setup: dict[str, Any]) -> None:
+    """Each stage's own check of what the run is set up with (see ``Stage.preflight``)."""
+    for name in stages:
+        pm.stage(name).preflight(configs[name], setup)
+
+
 class _StageFailed(Exception):
     def __init__(self, plugin: str | None):
         self.plugin = plugin

@@ -19,7 +19,9 @@ _data_cache: dict[tuple, Any] = {}
 def trial_settings(cfg, run_dir: Path, budget: int) -> dict[str, Any]:
     """What a trial needs, JSON-serialisable so NNI can ship it to a trial process."""
     # absolute paths: a trial may start in another working directory (NNI's training services)
-    return {"run_dir": str(Path(run_dir).resolve()), "budget": budget, "stages": cfg.stages, "settings": cfg.settings,
+    return {"run_dir": str(Path(run_dir).resolve()), "budget": budget, "stages": cfg.stages,
+            # the second phase's stages take their own settings (metanet.proxy_check)
+            "settings": {k: v for k, v in cfg.settings.items() if k in cfg.stages},
             "score": cfg.score, "data": _absolute_data(cfg.data), "proxy_resolution": cfg.proxy_resolution,
             "resolution": cfg.resolution, "seed": cfg.seed, "plugins": cfg.plugins,
             "val_fraction": cfg.val_fraction, "repeats": cfg.repeats, "accelerator": cfg.accelerator,

@@ -26,6 +26,7 @@ DOWNSTREAM = {"fraction": 0.1, "epochs": 100, "batch_size": 64, "lr": 0.01, "mom
               # 100% for scratch_epochs epochs (scratch_max_steps: an optional cap, 0 for none)
               "adapted_full": False, "from_scratch": False, "scratch_epochs": 30, "scratch_max_steps": 0,
               "scratch_lr": 2e-3, **SCHEDULE}
+SUPERNET = {"path": "", "calibration_batches": 4, "batch_size": 64}
 
 
 @hookimpl
@@ -40,3 +41,6 @@ def metanet_register_stages(register):
              description="multi-teacher distillation of the experts (logits + features) into one model")
     register("downstream", "metanet.plugins.downstream:run", defaults=DOWNSTREAM,
              description="frozen backbone + linear probe on 10% of each held-out task's labels (GV-B)")
+    register("supernet", "metanet.plugins.supernet:run", defaults=SUPERNET, trains_backbone=True,
+             check="metanet.plugins.supernet:check",
+             description="weights inherited from a trained supernet (metanet supernet train), BN recalibrated")
