@@ -10,7 +10,7 @@
    resolution: seconds per candidate and their ratio.
 3. Kendall's tau and Spearman's rho between the supernet's validation accuracies and stand-alone
    training's (the ``amateur`` stage from scratch on the supernet's label source: its search defaults, or
-   ``--standalone-steps`` steps).
+   ``--standalone-steps`` steps); with ``--noise-ceiling`` also stand-alone against itself with another seed.
 4. Runs a ``--search-trials`` regularized-evolution search scored by the supernet: wall time.
 
 ``--json`` prints one JSON object on the last line.
@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--standalone-steps", type=int, default=0,
                     help="stand-alone training steps (default 0: the amateur stage's search defaults, 40 steps)")
     ap.add_argument("--search-trials", type=int, default=200)
+    ap.add_argument("--noise-ceiling", action="store_true",
+                    help="also train each stand-alone with seed 1: Kendall's tau of stand-alone against itself")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -104,7 +106,9 @@ def main() -> None:
             sa_acc, sa_s = _score(spec, "amateur", data, standalone, pm, f"{source}.acc")
         else:
             sa_acc, sa_s = am_acc, am_s
-        rows.append({"spec": spec.describe(), "flops": net.spaces[0].flops(spec), "supernet_acc": sn_acc,
+        again = _score(spec, "amateur", data, standalone if args.standalone_steps else amateur_default, pm,
+                       f"{source}.acc", seed=1)[0] if args.noise_ceiling else None
+        rows.append({"standalone_seed1_acc": again, "spec": spec.describe(), "flops": net.spaces[0].flops(spec), "supernet_acc": sn_acc,
                      "supernet_s": round(sn_s, 3), "amateur_default_s": round(am_s, 2),
                      "standalone_acc": sa_acc, "standalone_s": round(sa_s, 1)})
         print(f"[{i + 1}/{len(specs)}] supernet {sn_acc:.3f} in {sn_s:.2f}s | amateur (search default) {am_acc:.3f} "
@@ -117,7 +121,13 @@ def main() -> None:
                          "speedup": round(am_med / sn_med, 1)}
     report["fidelity"] = {"archs": len(rows), "standalone_steps": args.standalone_steps,
                           "kendall_tau": None if tau is None else round(tau, 3),
-                          "spearman_rho": None if rho is None else round(rho, 3), "rows": rows}
+                          "spearman_rho": None if rho is None else round(rho, 3),
+                          "standalone_range": [min(r["standalone_acc"] for r in rows),
+                                               max(r["standalone_acc"] for r in rows)], "rows": rows}
+    if args.noise_ceiling:
+        # stand-alone training against itself with another seed: the most any proxy can agree with it here
+        ceiling, _ = rank_correlations([r["standalone_acc"] for r in rows], [r["standalone_seed1_acc"] for r in rows])
+        report["fidelity"]["noise_ceiling_tau"] = None if ceiling is None else round(ceiling, 3)
     print(f"scoring: {report['scoring']}", file=sys.stderr)
     print(f"fidelity: tau {report['fidelity']['kendall_tau']}, rho {report['fidelity']['spearman_rho']}",
           file=sys.stderr)
@@ -146,6 +156,9 @@ def main() -> None:
     f = report["fidelity"]
     print(f"{'Kendall tau vs stand-alone':<34}{f['kendall_tau'] if f['kendall_tau'] is not None else 'n/a':>10}"
           f"    ({f['archs']} archs, target >= 0.4)")
+    if "noise_ceiling_tau" in f:
+        print(f"{'tau stand-alone vs another seed':<34}{f['noise_ceiling_tau'] if f['noise_ceiling_tau'] is not None else 'n/a':>10}"
+              "    (the noise ceiling)")
     if "search" in report:
         print(f"{'evolution search':<34}{report['search']['wall_s']:>10.0f} s  ({report['search']['trials']} trials, "
               "target < 300 s)")
