@@ -126,6 +126,17 @@ def _load_tile(base, rows, cols, stride_r, stride_c, mask_r, mask_c):
 
 
 @triton.jit
+def _bias_tile(b_base, offs_m, n, sbm, sbn, mask_m, Nkp, MASKED: tl.constexpr):
+    """A bias tile in fp32 log2 units. On the last, partial key tile the load is bounded by the padded row
+    width (a multiple of 16), not the key count, so it stays vectorised; padded keys are masked after."""
+    if MASKED:
+        bias = _load_tile(b_base, offs_m, n, sbm, sbn, mask_m, n < Nkp)
+    else:
+        bias = tl.load(b_base + offs_m[:, None] * sbm + n[None, :] * sbn, mask=mask_m[:, None], other=0.0)
+    return bias.to(tl.float32) * 1.4426950408889634
+
+
+@triton.jit
 def _program_bh(pid, B, H):
     # pid = h * B + b: the batch varies fastest, so neighbouring programs share a head (and its bias)
     b = pid % B
@@ -146,11 +157,7 @@ def _fwd_tile(acc, m_i, l_i, q, k_base, v_base, b_base, offs_m, n, offs_d, mask_
         v = tl.load(v_base + n[:, None] * svn + offs_d[None, :] * svd, mask=mask_d[None, :], other=0.0)
     s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale  # log2 units
     if HAS_BIAS:
-        if MASKED:  # bounded by the padded row width (a multiple of 16): the load stays vectorised
-            bias = _load_tile(b_base, offs_m, n, sbm, sbn, mask_m, n < Nkp)
-        else:
-            bias = tl.load(b_base + offs_m[:, None] * sbm + n[None, :] * sbn, mask=mask_m[:, None], other=0.0)
-        s += bias.to(tl.float32) * 1.4426950408889634
+        s += _bias_tile(b_base, offs_m, n, sbm, sbn, mask_m, Nkp, MASKED)
     if MASKED:
         s = tl.where(mask_n[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -222,11 +229,7 @@ def _dq_tile(dq, q, do, lse, delta, k_base, v_base, b_base, db_base, offs_m, n, 
     # transposed dot result, which some Triton versions miscompile on Hopper
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
     if HAS_BIAS:
-        if MASKED:  # bounded by the padded row width (a multiple of 16): the load stays vectorised
-            bias = _load_tile(b_base, offs_m, n, sbm, sbn, mask_m, n < Nkp)
-        else:
-            bias = tl.load(b_base + offs_m[:, None] * sbm + n[None, :] * sbn, mask=mask_m[:, None], other=0.0)
-        s += bias.to(tl.float32) * 1.4426950408889634
+        s += _bias_tile(b_base, offs_m, n, sbm, sbn, mask_m, Nkp, MASKED)
     p = tl.math.exp2(s - lse[:, None])  # lse = +inf on masked or absent rows: p = 0
     if MASKED:
         p = tl.where(mask_n[None, :], p, 0.0)
