@@ -118,24 +118,11 @@ class RunDir:
         An exclusive ``flock`` on RUN/lock: the kernel drops it when the holder exits or dies, so a
         killed search never leaves a stale lock behind; the file only says who holds it.
         """
-        import fcntl
         if self._lock_fd is not None:
             return
-        lock_path = self.path / self.LOCK
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise RunError(f"{lock_path}: cannot open the run's lock file ({exc.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace")
-            os.close(fd)
-            raise RunError(f"{self.path}: in use by another search ({_describe_holder(holder)}); "
-                           "wait for it to end or stop it") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+        fd = exclusive_lock(self.path / self.LOCK, "the run's lock file",
+                            lambda holder: f"{self.path}: in use by another search ({holder}); "
+                                           "wait for it to end or stop it")
         self._lock_fd = fd
 
     def release(self) -> None:
@@ -254,10 +241,37 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that a reader (or a killed writer) sees the old file or the new one."""
+def exclusive_lock(lock_path: Path, what: str, busy) -> int:
+    """An exclusive ``flock`` on ``lock_path`` (the kernel drops it when the holder exits or dies, so a killed
+    writer never leaves a stale lock), the holder's name written into the file; else a :class:`RunError`
+    with ``busy(description of the holder)``. Returns the descriptor; closing it releases the lock."""
+    import fcntl
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise RunError(f"{lock_path}: cannot open {what} ({exc.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace")
+        os.close(fd)
+        raise RunError(busy(_describe_holder(holder))) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                              "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+    return fd
+
+
+def replace_atomically(path: Path, write) -> None:
+    """Replace ``path`` with what ``write(tmp_path)`` writes, so that a reader (or a killed writer) sees the
+    old file or the new one: a temporary sibling, fsynced, renamed over it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    write(tmp)
     _fsync(tmp)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (see :func:`replace_atomically`)."""
+    replace_atomically(path, lambda tmp: tmp.write_text(text))

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError, RunError, SupernetError
+from .run_dir import replace_atomically
 
 FORMAT = 1
 INFO, WEIGHTS, CHECKPOINT, LOCK = "supernet.json", "supernet.safetensors", "checkpoint.pt", "lock"
@@ -127,33 +128,17 @@ class SupernetDir:
         return SupernetSettings.from_json(self.info()["settings"], str(self.path / INFO))
 
     def acquire(self) -> None:
-        import fcntl
+        from .run_dir import exclusive_lock
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise RunError(f"{self.path}: another `metanet supernet train` is writing it; wait for it to end "
-                           "or stop it") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid()}).encode(), 0)
-        self._lock_fd = fd
+        self._lock_fd = exclusive_lock(
+            self.path / LOCK, "the supernet's lock file",
+            lambda holder: f"{self.path}: another `metanet supernet train` is writing it ({holder}); wait for it "
+                           "to end or stop it")
 
     def release(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-
-
-def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` a temporary sibling, fsync it, rename it over ``path``: readers see the old or the new file."""
-    from .run_dir import _fsync, _fsync_dir
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    _fsync(tmp)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 # -- building -----------------------------------------------------------------------------------------
@@ -234,7 +219,7 @@ def _write_info(sdir: SupernetDir, settings: SupernetSettings, source: str, spli
                 extra: dict[str, Any] | None = None) -> None:
     info = {"format": FORMAT, "settings": settings.to_json(), "source": source, "classes": list(split.classes),
             "num_classes": split.num_classes, "in_chans": split_in_chans(split), "step": step, **(extra or {})}
-    _replace_atomically(sdir.path / INFO, lambda p: p.write_text(json.dumps(info, indent=2)))
+    replace_atomically(sdir.path / INFO, lambda p: p.write_text(json.dumps(info, indent=2)))
 
 
 def split_in_chans(split) -> int:
@@ -320,9 +305,9 @@ def _save(sdir: SupernetDir, supernet, opt, step: int, settings, source: str, sp
     from safetensors.torch import save_file
     state = {k: v.detach().cpu().contiguous() for k, v in supernet.shared_state().items()}
     # resume reads one file holding weights, optimiser and step together; scoring reads the safetensors
-    _replace_atomically(sdir.path / CHECKPOINT, lambda p: torch.save(
+    replace_atomically(sdir.path / CHECKPOINT, lambda p: torch.save(
         {"step": step, "weights": state, "optimizer": opt.state_dict()}, p))
-    _replace_atomically(sdir.path / WEIGHTS, lambda p: save_file(state, str(p), metadata={"step": str(step)}))
+    replace_atomically(sdir.path / WEIGHTS, lambda p: save_file(state, str(p), metadata={"step": str(step)}))
     _write_info(sdir, settings, source, split, step)
 
 
