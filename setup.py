@@ -7,7 +7,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["metanet", "metanet.plugins", "metanet.search_spaces", "metanet.kernels"],
+    packages=["metanet", "metanet.data", "metanet.plugins", "metanet.search_spaces", "metanet.kernels"],
     package_dir={
         "metanet": "metanet",
         "metanet.plugins": "plugins",
@@ -36,7 +36,11 @@ setup(
         # (tianshou pins protobuf 3.19, which current onnx and tensorboard reject): see the Makefile.
         "rl": ["gym_notices", "tensorboard", "numba", "h5py"],
         "export": ["onnx", "onnxruntime", "safetensors"],
-        "test": ["pytest>=7", "gym_notices", "tensorboard", "numba", "h5py", "onnx", "onnxruntime", "safetensors"],
+        # datasets timm reads from disk: Hugging Face datasets (hfds/) and WebDataset shards (wds/)
+        "hf": ["datasets"],
+        "wds": ["webdataset"],
+        "test": ["pytest>=7", "gym_notices", "tensorboard", "numba", "h5py", "onnx", "onnxruntime", "safetensors",
+                 "datasets", "webdataset"],
     },
     entry_points={
         "console_scripts": ["metanet=metanet.cli:main"],

@@ -3,7 +3,8 @@
     python benchmarks/training.py [--resolution 64] [--steps 12] [--batch-size 32] [--budget 300M]
 
 Measures the amateur stage (one 300M candidate) on the embedded digits and on a generated
-ImageFolder (PNG files decoded by the loaders, 3 classes x 120 images), with the candidate in
+ImageFolder (PNG files decoded per step by the loaders, 3 classes x 120 images; the decode-once cache is
+measured by benchmarks/data_loading.py), with the candidate in
 NCHW or channels-last layout and folder loaders with or without worker processes; then a bare
 forward/backward step in fp32 and under CPU bf16 autocast. On a GPU (when one is present) the
 bare step also runs at 224 px in bf16; otherwise the script says there is none.
@@ -79,7 +80,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    import metanet.data as data_module
+    import metanet.data.images as data_module
     from metanet.budget import parse_flops
     from metanet.data import load_data
     from metanet.plugin_manager import registry
@@ -110,7 +111,7 @@ def main() -> None:
         default_workers = data_module.FOLDER_WORKERS
         for workers in sorted({0, 1, 2, data_module.folder_workers()}):
             data_module.FOLDER_WORKERS = workers
-            folder = load_data(pm, f"folder:{tmp}", args.resolution, 0)
+            folder = load_data(pm, f"folder:{tmp}", args.resolution, 0, cache=False)  # decoded per step
             for cl in (False, True):
                 rows.append(("folder (PNG)", str(folder.sources["shapes"].train.workers),
                              "channels-last" if cl else "NCHW",

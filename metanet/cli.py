@@ -284,11 +284,18 @@ def warn_small_attention_grids(arch, resolution: int) -> None:
                    f"to near-linear maps: {'; '.join(small)}", err=True)
 
 
+EVALUATE_STAGES = "zero-cost,amateur,expert,generalist,downstream"
+
+
 @cli.command("evaluate")
 @click.argument("spec")
-@click.option("--stages", default="zero-cost,amateur,expert,generalist,downstream", show_default=True,
-              help="Stage plugins to run, in order.")
+@click.option("--stages", default=None,
+              help=f"Stage plugins to run, in order  [default: {EVALUATE_STAGES}; without downstream when the data "
+                   "has no downstream tasks].")
 @config_option("data", default="digits")
+@config_option("data_dir")
+@config_option("downstream")
+@config_option("cache", default=True)
 @config_option("proxy_resolution", default=_search_default("proxy_resolution"))
 @config_option("val_fraction", default=_search_default("val_fraction"))
 @config_option("repeats", default=1)
@@ -300,26 +307,37 @@ def warn_small_attention_grids(arch, resolution: int) -> None:
 @config_option("score")
 @config_option("seed", default=0)
 @json_option
-def evaluate_cmd(spec, stages, data, proxy_resolution, val_fraction, repeats, accelerator, precision, devices,
-                 compile, sets, score, seed, as_json):
+def evaluate_cmd(spec, stages, data, data_dir, downstream, cache, proxy_resolution, val_fraction, repeats,
+                 accelerator, precision, devices, compile, sets, score, seed, as_json):
     """Run evaluation stages on one architecture and print its metrics and score.
 
     ``score`` comes from the validation splits (what a search optimises), ``test_score`` from the test
     splits.
     """
     from .data import load_data
-    from .search_config import parse_sets, parse_stages
+    from .search_config import _names, parse_sets, parse_stages
     from .stages import check_score_stages, check_stages, evaluate_repeated, parse_score, preflight_stages
     from .store import OK
     pm = _registry()
     arch = _load_spec(spec)
-    settings, weights, stage_list = parse_sets(sets), parse_score(score), parse_stages(stages)
-    if weights:
-        check_score_stages(weights, stage_list)  # before any training
-    preflight_stages(pm, stage_list, check_stages(pm, stage_list, settings),
-                     {"data": data, "proxy_resolution": proxy_resolution})
+    settings, weights = parse_sets(sets), parse_score(score)
+    stage_list = parse_stages(stages) if stages is not None else None
+    if stage_list is not None:
+        if weights:
+            check_score_stages(weights, stage_list)  # before any training
+        preflight_stages(pm, stage_list, check_stages(pm, stage_list, settings),
+                         {"data": data, "proxy_resolution": proxy_resolution})
     warn_small_attention_grids(arch, proxy_resolution)
-    bundle = load_data(pm, data, proxy_resolution, seed, val_fraction)
+    bundle = load_data(pm, data, proxy_resolution, seed, val_fraction, data_dir=data_dir,
+                       downstream=_names(downstream or [], "downstream"), cache=cache)
+    if stage_list is None:  # the default stages the data can serve, checked as given ones are
+        stage_list = [s for s in EVALUATE_STAGES.split(",") if s != "downstream" or bundle.tasks]
+        if weights:
+            check_score_stages(weights, stage_list)
+        preflight_stages(pm, stage_list, check_stages(pm, stage_list, settings),
+                         {"data": data, "proxy_resolution": proxy_resolution})
+    for note in dict.fromkeys(bundle.notes):
+        click.echo(note, err=True)
     from .runtime import Runtime
     runtime = Runtime.create(accelerator, precision, devices, compile)  # a bad choice fails here, before any work
     result = evaluate_repeated(arch, stage_list, bundle, config=settings, pm=pm, score_weights=weights, seed=seed,
@@ -402,7 +420,10 @@ def supernet():
               help="Deployment resolution at which the budgets' FLOPs are counted.")
 @click.option("--proxy-resolution", type=click.IntRange(min=8), default=64, show_default=True,
               help="Image size it trains at (a search scoring with it must use the same).")
-@click.option("--data", default="digits", show_default=True, help="digits, or a folder (as for search).")
+@click.option("--data", default="digits", show_default=True, help="digits, a folder or hfds/, wds/ (as for search).")
+@click.option("--data-dir", default=None, help="Folder holding an hfds/ or wds/ dataset.")
+@click.option("--cache/--no-cache", "cache", default=True, show_default=True,
+              help="Decode every image once (--no-cache: per step, for data larger than memory).")
 @click.option("--source", default=None, help="The upstream label source it learns (default: the data's first).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Its directory (default: runs/supernet-<time>).")
@@ -422,8 +443,9 @@ def supernet():
 @click.option("--resume", is_flag=True, help="Continue the supernet in --out from its last checkpoint.")
 @json_option
 @click.pass_context
-def supernet_train(ctx, budgets, band, space_name, resolution, proxy_resolution, data, source, out_dir, steps,
-                   batch_size, lr, random_subnets, save_every, seed, accelerator, precision, devices, resume, as_json):
+def supernet_train(ctx, budgets, band, space_name, resolution, proxy_resolution, data, data_dir, cache, source, out_dir,
+                   steps, batch_size, lr, random_subnets, save_every, seed, accelerator, precision, devices, resume,
+                   as_json):
     """Train a supernet over the budget-centred space(s) of --flops (BigNAS sandwich rule, in-place
     distillation); checkpointed to --out, resumable with --resume after a kill."""
     import time as _time
@@ -439,7 +461,8 @@ def supernet_train(ctx, budgets, band, space_name, resolution, proxy_resolution,
         src = ctx.get_parameter_source
         changes = {k: v for k, v in (("steps", steps), ("accelerator", accelerator), ("precision", precision),
                                      ("devices", devices)) if v is not None}
-        fixed = [name for name in ("budgets", "band", "space_name", "resolution", "proxy_resolution", "data", "source",
+        fixed = [name for name in ("budgets", "band", "space_name", "resolution", "proxy_resolution", "data",
+                                   "data_dir", "cache", "source",
                                    "batch_size", "lr", "random_subnets", "save_every", "seed")
                  if src(name) == click.core.ParameterSource.COMMANDLINE]
         if fixed:
@@ -449,7 +472,7 @@ def supernet_train(ctx, budgets, band, space_name, resolution, proxy_resolution,
     else:
         settings = sn.SupernetSettings(
             flops=flops, band=band, space=space_name, resolution=resolution, proxy_resolution=proxy_resolution,
-            data=data, source=source, steps=steps or sn.SupernetSettings.steps, batch_size=batch_size, lr=lr, random_subnets=random_subnets,
+            data=data, data_dir=data_dir, cache=cache, source=source, steps=steps or sn.SupernetSettings.steps, batch_size=batch_size, lr=lr, random_subnets=random_subnets,
             save_every=save_every, seed=seed, accelerator=accelerator or "auto", precision=precision or "32",
             devices=devices or 1, plugins=list(ctx.find_root().obj.get("plugins", ())))
         changes = None

@@ -20,24 +20,32 @@ from .store import DONE, OK, RUNNING
 
 
 def check_config(cfg: SearchConfig):
-    """Everything that would make the run fail, checked before anything is written; returns the space."""
+    """Everything that would make the run fail, checked before anything is written; returns the space and the
+    data (loaded, checked and, where trials run in this process or beside it, decoded once). A search that
+    names no stages gets its defaults here, from the data (:func:`metanet.search_config.default_stages`)."""
     from .plugin_manager import registry
+    from .search_config import default_stages
     from .search_spaces.unified import get_space
     from .stages import check_stages
 
     pm = registry(cfg.plugins)
-    for stage in cfg.stages + cfg.final_stages:
-        _lookup("stages", pm.stage, stage)
     _lookup("strategy", pm.strategy, cfg.strategy)
     space = _lookup("space", get_space, cfg.space)
+    for stage in (cfg.stages or []) + cfg.final_stages:
+        _lookup("stages", pm.stage, stage)
+    check_engine(cfg)
+    data = check_data(pm, cfg)
+    if cfg.stages is None:
+        cfg.stages = default_stages(bool(data.tasks))
+        if not data.tasks:
+            data.notes.append(f"stages: {','.join(cfg.stages)} (data '{data.name}' has no downstream tasks; add "
+                              "held-out ImageFolder tasks with --downstream DIR for the downstream stage)")
     both = list(dict.fromkeys(cfg.stages + cfg.final_stages))
     configs = check_stages(pm, both, cfg.settings)
     if cfg.final_stages:
         from .stages import check_score_stages, default_score_weights
         check_score_stages(default_score_weights(cfg.final_stages, pm), cfg.final_stages)
     check_score(pm, cfg)
-    check_engine(cfg)
-    check_data(pm, cfg)
     from .search_spaces.budget_space import budget_space
     for b in cfg.flops:
         try:
@@ -54,7 +62,7 @@ def check_config(cfg: SearchConfig):
             budget_space(space, b, cfg.band, cfg.resolution)  # raises its own one-line error
     from .stages import preflight_stages
     preflight_stages(pm, both, configs, stage_setup(cfg))
-    return space
+    return space, data
 
 
 def final_phase(cfg: SearchConfig, run: RunDir, echo) -> dict[int, dict]:
@@ -93,13 +101,18 @@ def check_score(pm, cfg: SearchConfig) -> None:
     check_score_stages(cfg.score or default_score_weights(cfg.stages, pm), cfg.stages)
 
 
-def check_data(pm, cfg: SearchConfig) -> None:
-    """The data, loaded now where trials run in this process (they then reuse it), else checked for
-    existence: a missing folder or an unknown dataset fails the command, not every trial."""
+def check_data(pm, cfg: SearchConfig):
+    """The data, loaded now (every split listed and checked; decoded once unless the trials run on other
+    machines, which read it themselves), so that a missing folder or a bad image fails the command, not
+    every trial; the trials of this process reuse it, those of a local training service map its pixels."""
+    from .data.timm_datasets import is_timm_name
     from .errors import DataError, MetanetError
+    from .trial import trial_data
     name, colon, path = cfg.data.partition(":")
     if colon and name in pm.registry["datasets"]:
         folder = path
+    elif is_timm_name(cfg.data) and not os.path.isdir(cfg.data):
+        folder = None
     elif os.sep in cfg.data or os.path.isdir(cfg.data):
         folder = cfg.data
     else:
@@ -107,14 +120,14 @@ def check_data(pm, cfg: SearchConfig) -> None:
         _lookup("data", pm.dataset, cfg.data)
     if folder is not None and not os.path.isdir(folder):
         raise DataError(f"data: {folder}: no such folder", param="data")
-    if cfg.engine == "sequential":
-        from .trial import trial_data
-        try:
-            trial_data(pm, cfg.data, cfg.proxy_resolution, cfg.seed, cfg.val_fraction)
-        except MetanetError:
-            raise
-        except Exception as exc:  # what a loader raised would otherwise fail every trial the same way
-            raise DataError(f"data: {cfg.data}: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
+    remote = cfg.engine == "ts" and cfg.training_service != "local"
+    try:
+        return trial_data(pm, cfg.data, cfg.proxy_resolution, cfg.seed, cfg.val_fraction, data_dir=cfg.data_dir,
+                          downstream=cfg.downstream, cache=cfg.cache and not remote)
+    except MetanetError:
+        raise
+    except Exception as exc:  # what a loader raised would otherwise fail every trial the same way
+        raise DataError(f"data: {cfg.data}: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
 
 
 def check_engine(cfg: SearchConfig) -> str | None:
@@ -200,16 +213,22 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool | None = 
         # locked before the checks, which take seconds (imports, data): a second writer fails at once
         run.acquire()
         try:
-            space = check_config(cfg)
+            space, data = check_config(cfg)
         except BaseException:
             run.release()
             raise
     else:
         if cfg.out:
             RunDir.refuse_existing(cfg.out)  # at once, not after the checks
-        space = check_config(cfg)
+        space, data = check_config(cfg)
         run = RunDir.create(cfg)  # locked: a second writer fails at once, naming this process
     try:
+        for note in dict.fromkeys(data.notes):
+            echo(note)
+        if cfg.engine == "ts" and cfg.training_service == "local" and cfg.cache:
+            from .data.decoded import write_cache
+            from .trial import data_cache_dir
+            write_cache(data, data_cache_dir(run.path))  # the trial processes map these instead of decoding
         return _run_locked(cfg, run, space, progress, echo)
     finally:
         run.release()

@@ -120,6 +120,18 @@ def parse_stages(value, name="stages"):
     return out
 
 
+def _optional_stages(value, name):
+    return None if value is None else parse_stages(value, name)
+
+
+DEFAULT_STAGES = ["zero-cost", "amateur", "downstream"]
+
+
+def default_stages(has_tasks: bool) -> list[str]:
+    """The stages of a search that names none: downstream only where the data has held-out tasks."""
+    return list(DEFAULT_STAGES) if has_tasks else [s for s in DEFAULT_STAGES if s != "downstream"]
+
+
 def _final_stages(value, name):
     return parse_stages(value, name) if _names(value, name) else []
 
@@ -213,7 +225,9 @@ class SearchConfig:
     strategy: str = option("random", _text, "random, evolution, tpe, ppo or a plugin's.", "--strategy")
     strategy_options: dict[str, Any] = option({}, _mapping, "Keyword arguments for the strategy factory.")
     trials: int = option(6, _integer(1), "Trials per budget.", "--trials", type="int>=1")
-    stages: list[str] = option(["zero-cost", "amateur", "downstream"], parse_stages, "Stage plugins in order.", "--stages")
+    stages: list[str] | None = option(None, _optional_stages, "Stage plugins in order  [default: zero-cost,amateur,"
+                                      "downstream; zero-cost,amateur when the data has no downstream tasks].",
+                                      "--stages")
     settings: dict[str, dict[str, Any]] = option({}, _settings, "Stage settings, {stage: {key: value}}.")
     score: dict[str, float] | None = option(None, _score, "Score as weighted metrics, e.g. downstream.acc=1 "
                                             "(default: the last scoring stage's metric).", "--score")
@@ -223,7 +237,16 @@ class SearchConfig:
                                      "--final-stages")
     final_top: int = option(3, _integer(1), "Trials per budget the second phase re-evaluates.", "--final-top",
                             type="int>=1")
-    data: str = option("digits", _text, "digits, or a folder with upstream/ and downstream/.", "--data")
+    data: str = option("digits", _text, "digits; a folder (train/<class>/ with optional val/ and test/, folders or "
+                       ".tar files; or INTERN's upstream/ and downstream/); or hfds/NAME, wds/NAME with --data-dir.",
+                       "--data")
+    data_dir: str | None = option(None, _optional_text, "Folder holding an hfds/ or wds/ dataset (timm's --data-dir; "
+                                  "nothing is downloaded).", "--data-dir")
+    downstream: list[str] = option([], _names, "Folders of held-out downstream tasks added to the data, comma-"
+                                   "separated: each an ImageFolder task, or a folder of them.", "--downstream")
+    cache: bool = option(True, _flag, "Decode and resize every image once per search, shared by all trials "
+                         "(--no-cache: decode per step, for data larger than memory).", "--cache/--no-cache",
+                         type="flag")
     proxy_resolution: int = option(64, _integer(8), "Image size the stages train at (64: every stage that may "
                                    "hold attention sees at least 2x2 tokens).", "--proxy-resolution", type="int>=8")
     val_fraction: float = option(0.2, _fraction, "Share of each training set held out for validation: rewards "

@@ -45,6 +45,8 @@ class SupernetSettings:
     resolution: int = 224            # deployment resolution of the budgets (FLOPs counted there)
     proxy_resolution: int = 64       # the resolution it trains and scores at (the search's --proxy-resolution)
     data: str = "digits"
+    data_dir: str | None = None      # the folder of an hfds/ or wds/ dataset
+    cache: bool = True               # decode the images once (False: per step, for data larger than memory)
     source: str | None = None        # upstream label source it learns (default: the data's first)
     val_fraction: float = 0.2
     steps: int = 400
@@ -153,7 +155,8 @@ def budget_spaces(settings: SupernetSettings, pm=None):
 
 def _data(settings: SupernetSettings, pm):
     from .trial import trial_data
-    data = trial_data(pm, settings.data, settings.proxy_resolution, settings.seed, settings.val_fraction)
+    data = trial_data(pm, settings.data, settings.proxy_resolution, settings.seed, settings.val_fraction,
+                      data_dir=settings.data_dir, cache=settings.cache)
     sources = data.require_sources([settings.source] if settings.source else None)
     name = settings.source or next(iter(sources))
     return data, name, sources[name]

@@ -70,23 +70,44 @@ def total_steps(n_examples: int, batch_size: int, epochs: float, max_steps: int 
 
 def loader_options(ds: Dataset, device=None) -> dict:
     """Worker processes (and pinned memory for a GPU) for data decoded from files; none for tensors."""
-    while isinstance(ds, Subset):
-        ds = ds.dataset
-    workers = getattr(ds, "workers", 0)
+    workers = getattr(_innermost(ds), "workers", 0)
     if not workers:
         return {}
     return {"num_workers": workers, "pin_memory": torch.device(device or "cpu").type == "cuda"}
+
+
+class SeededSampler(torch.utils.data.Sampler):
+    """The indices of ``base``, each with a seed for its augmentation drawn from ``generator`` in this
+    process: a view's augmented images then depend on the stream's seed only, with or without workers."""
+
+    def __init__(self, base, generator: torch.Generator):
+        self.base, self.generator = base, generator
+
+    def __iter__(self):
+        for i in self.base:
+            yield i, int(torch.randint(0, 2**62, (), generator=self.generator))
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
 
 
 def batches(ds: Dataset, batch_size: int, seed: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """An endless stream of shuffled batches (reshuffled every epoch) from one loader whose workers,
     if the data has them, live as long as the stream.
 
+    The order and, for image views, the augmentation come from generators seeded with ``seed`` alone.
     In a data-parallel evaluation each rank gets its shard of every global batch of ``batch_size``
     (a ``DistributedSampler`` over the same seeded permutation), so the ranks together take the steps
     one process would.
     """
+    from torch.utils.data import RandomSampler
+
     from .runtime import current
+    from .seeds import derive
     runtime = current()
     options = loader_options(ds, device)
     world = runtime.world_size if runtime is not None and runtime.distributed else 1
@@ -95,19 +116,26 @@ def batches(ds: Dataset, batch_size: int, seed: int, device) -> Iterator[tuple[t
         from torch.utils.data import DistributedSampler
         sampler = DistributedSampler(ds, num_replicas=world, rank=runtime.rank, shuffle=True, seed=seed,
                                      drop_last=True)
-        loader = DataLoader(ds, batch_size=size, sampler=sampler, drop_last=True, persistent_workers=bool(options),
-                            **options)
     else:
-        sampler = None
-        loader = DataLoader(ds, batch_size=size, shuffle=True, generator=torch.Generator().manual_seed(seed),
-                            drop_last=True, persistent_workers=bool(options), **options)
+        sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed))
+    if getattr(ds, "seeded_items", False):  # not through a Subset: it indexes with the item as it is
+        sampler = SeededSampler(sampler, torch.Generator().manual_seed(derive(seed, "augment", runtime.rank
+                                                                              if world > 1 else 0)))
+    loader = DataLoader(ds, batch_size=size, sampler=sampler, drop_last=True, persistent_workers=bool(options),
+                        **options)
     epoch = 0
     while True:
-        if sampler is not None:
+        if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         for x, y in loader:
             yield x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
         epoch += 1
+
+
+def _innermost(ds: Dataset) -> Dataset:
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    return ds
 
 
 def source_streams(sources: dict, cfg: dict, seed: int, device) -> tuple[dict[str, Iterator], int]:

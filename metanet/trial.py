@@ -23,6 +23,11 @@ def trial_settings(cfg, run_dir: Path, budget: int) -> dict[str, Any]:
             # the second phase's stages take their own settings (metanet.proxy_check)
             "settings": {k: v for k, v in cfg.settings.items() if k in cfg.stages},
             "score": cfg.score, "data": _absolute_data(cfg.data), "proxy_resolution": cfg.proxy_resolution,
+            "data_dir": os.path.abspath(cfg.data_dir) if cfg.data_dir else None,
+            "downstream": [os.path.abspath(d) for d in cfg.downstream], "cache": cfg.cache,
+            # decoded images the search process wrote for the trial processes of a local training service
+            "data_cache": str(data_cache_dir(run_dir)) if cfg.engine == "ts" and cfg.training_service == "local"
+            and cfg.cache else None,
             "resolution": cfg.resolution, "seed": cfg.seed, "plugins": cfg.plugins,
             "val_fraction": cfg.val_fraction, "repeats": cfg.repeats, "accelerator": cfg.accelerator,
             "precision": cfg.precision, "devices": cfg.devices, "compile": cfg.compile,
@@ -39,13 +44,29 @@ def _absolute_data(source: str) -> str:
     return os.path.abspath(source) if os.path.isdir(source) else source
 
 
-def trial_data(pm, data: str, proxy_resolution: int, seed: int, val_fraction: float):
+def data_cache_dir(run_dir) -> Path:
+    from .data.decoded import CACHE_DIR
+    return Path(run_dir).resolve() / CACHE_DIR
+
+
+def trial_data(pm, data: str, proxy_resolution: int, seed: int, val_fraction: float, *, data_dir: str | None = None,
+               downstream=(), cache: bool = True, cache_dir: str | None = None):
     """The data of a trial, loaded once per process (the search's check loads what its trials then use)."""
     from .data import load_data
-    key = (_absolute_data(data), proxy_resolution, seed, val_fraction)
+    key = (_absolute_data(data), proxy_resolution, seed, val_fraction, data_dir and os.path.abspath(data_dir),
+           tuple(os.path.abspath(d) for d in downstream or ()), cache)
     if key not in _data_cache:
-        _data_cache[key] = load_data(pm, key[0], proxy_resolution, seed, val_fraction)
+        _data_cache[key] = load_data(pm, key[0], proxy_resolution, seed, val_fraction, data_dir=data_dir,
+                                     downstream=downstream, cache=cache, cache_dir=cache_dir)
     return _data_cache[key]
+
+
+def settings_data(pm, s: dict[str, Any]):
+    """:func:`trial_data` for a trial's settings."""
+    from .data import DEFAULT_VAL_FRACTION
+    return trial_data(pm, s["data"], s["proxy_resolution"], s["seed"], s.get("val_fraction", DEFAULT_VAL_FRACTION),
+                      data_dir=s.get("data_dir"), downstream=s.get("downstream") or (), cache=s.get("cache", True),
+                      cache_dir=s.get("data_cache"))
 
 
 def soft_reward(score: float, flops: float, budget: float, weight: float) -> float:
@@ -63,15 +84,18 @@ def rewritten_count(proposed: dict[str, Any] | None, evaluated: dict[str, Any]) 
 def _evaluate(spec, s: dict[str, Any], model=None, trial_id: int | None = None) -> dict[str, Any]:
     """Run the stages on ``spec``: the outcome as the store records it, and the result (None if it failed
     before the stages ran)."""
-    from .data import DEFAULT_VAL_FRACTION
     from .plugin_manager import registry
     from .stages import evaluate_repeated
 
+    from .data import decoded
     start = time.perf_counter()
-    result = None
+    result, data_info = None, None
     try:
         pm = registry(s["plugins"])
-        data = trial_data(pm, s["data"], s["proxy_resolution"], s["seed"], s.get("val_fraction", DEFAULT_VAL_FRACTION))
+        before = decoded.decoded_images
+        data = settings_data(pm, s)
+        data_info = {**decoded.describe(data), "decoded_here": decoded.decoded_images - before,
+                     "seconds": round(time.perf_counter() - start, 3)}
         result = evaluate_repeated(spec, s["stages"], data, config=s["settings"], pm=pm,
                                    score_weights=s["score"], seed=s["seed"], repeats=s.get("repeats", 1),
                                    trial={"id": trial_id, "budget": s["budget"]}, model=model,
@@ -86,7 +110,7 @@ def _evaluate(spec, s: dict[str, Any], model=None, trial_id: int | None = None) 
         status, metrics, score, error = FAILED, {}, None, f"{type(exc).__name__}: {exc}"
     return {"status": status, "metrics": metrics, "score": score if status == OK else None,
             "test_score": result.test_score if status == OK else None, "error": error,
-            "seconds": time.perf_counter() - start, "result": result}
+            "seconds": time.perf_counter() - start, "result": result, "data": data_info}
 
 
 def _reward(outcome: dict[str, Any], flops: int, s: dict[str, Any]) -> float | None:
@@ -147,7 +171,7 @@ def commit_trial(run, trial_id: int, outcome: dict[str, Any], reward: float | No
             and trial_id in run.kept(s["budget"], trial_id, outcome["score"]):
         run.save_weights(trial_id, result.backbone_weights, result.backbone_stage, s["proxy_resolution"])
     run.store.finish(trial_id, outcome["status"], outcome["metrics"], outcome["score"], outcome["error"],
-                     outcome["seconds"], reward, outcome["test_score"])
+                     outcome["seconds"], reward, outcome["test_score"], outcome["data"])
     if outcome["status"] == OK:
         run.drop_weights(s["budget"])
 
@@ -161,7 +185,7 @@ def repair_weights(run, row: dict[str, Any], s: dict[str, Any]) -> bool:
     if outcome["status"] == OK and result is not None and result.backbone_stage:
         run.save_weights(row["id"], result.backbone_weights, result.backbone_stage, s["proxy_resolution"])
     run.store.finish(row["id"], outcome["status"], outcome["metrics"], outcome["score"], outcome["error"],
-                     outcome["seconds"], _reward(outcome, row["flops"], s), outcome["test_score"])
+                     outcome["seconds"], _reward(outcome, row["flops"], s), outcome["test_score"], outcome["data"])
     return run.weights_path(row["id"]).exists()
 
 

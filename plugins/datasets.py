@@ -8,4 +8,5 @@ def metanet_register_datasets(register):
              description="scikit-learn's handwritten digits, upscaled: 3 upstream label sources on digits 0-6, "
                          "downstream task on held-out digits 7-9 (no download)")
     register("folder", "metanet.data:load_folder_bundle", path=True,
-             description="a directory with upstream/<source>/ and downstream/<task>/ ImageFolders")
+             description="a folder: train/<class>/ with optional val/ and test/ (folders or .tar files), "
+                         "or INTERN's upstream/<source>/ and downstream/<task>/")

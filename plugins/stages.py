@@ -33,8 +33,9 @@ SUPERNET = {"path": "", "calibration_batches": 4, "batch_size": 64, "test": Fals
 def metanet_register_stages(register):
     register("zero-cost", "metanet.plugins.zero_cost:run", defaults=ZERO_COST, score_metric="score",
              description="training-free score at init (naswot or grad_norm)")
-    register("amateur", "metanet.plugins.amateur:run", defaults=AMATEUR, trains_backbone=True,
-             description="multi-source pre-training: one head per label source + contrastive views")
+    register("amateur", "metanet.plugins.amateur:run", defaults=AMATEUR, trains_backbone=True, score_metric="acc",
+             description="multi-source pre-training: one head per label source + contrastive views; scores by "
+                         "validation accuracy (the mean over sources)")
     register("expert", "metanet.plugins.expert:run", defaults=EXPERT,
              description="one expert per source, fine-tuned from the amateur weights")
     register("generalist", "metanet.plugins.generalist:run", defaults=GENERALIST, trains_backbone=True,

@@ -67,3 +67,51 @@ def tiny_spec_dict_fixture():
 @pytest.fixture
 def space():
     return DEFAULT_SPACE
+
+
+# -- real images: a sample of the shared CIFAR-10 subset -----------------------------------------------------
+
+CIFAR_CLASSES = ("airplane", "cat", "ship")
+
+
+def cifar_tarball():
+    """The shared CIFAR-10 subset (CIFAR-10 as JPEG ImageFolder): $METANET_CIFAR_SUBSET, else ../shared/data/
+    beside the project, else None."""
+    from pathlib import Path
+    candidates = [os.environ.get("METANET_CIFAR_SUBSET"),
+                  Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset.tar.gz",
+                  "/work/shared/data/cifar10-subset.tar.gz"]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return Path(c)
+    return None
+
+
+def extract_cifar(dest, per_class: dict, classes=CIFAR_CLASSES):
+    """``dest/<split>/<class>/*.jpg`` with the first ``per_class[split]`` images of each class, or skip the test."""
+    import tarfile
+    from pathlib import Path
+    tarball = cifar_tarball()
+    if tarball is None:
+        pytest.skip("the shared CIFAR-10 subset (../shared/data/cifar10-subset.tar.gz) is not on this machine")
+    dest = Path(dest)
+    taken: dict = {}
+    with tarfile.open(tarball, "r:gz") as tf:
+        members = sorted((m for m in tf.getmembers() if m.isfile() and m.name.endswith(".jpg")), key=lambda m: m.name)
+        for m in members:
+            parts = m.name.split("/")  # cifar10-subset/<split>/<class>/<file>
+            split, cls = parts[-3], parts[-2]
+            if cls not in classes or split not in per_class or taken.get((split, cls), 0) >= per_class[split]:
+                continue
+            taken[(split, cls)] = taken.get((split, cls), 0) + 1
+            out = dest / split / cls / parts[-1]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(tf.extractfile(m).read())
+    return dest
+
+
+@pytest.fixture(scope="session")
+def cifar_sample(tmp_path_factory):
+    """A plain ImageFolder of real images, read-only for the tests: ``train/<class>/`` 24 JPEGs of 3 CIFAR-10
+    classes, ``test/<class>/`` 8 (copy it before changing it)."""
+    return extract_cifar(tmp_path_factory.mktemp("cifar") / "cifar3", {"train": 24, "test": 8})

@@ -36,7 +36,8 @@ def test_folder_bundle_reads_sources_and_tasks(tmp_path):
 
 @pytest.mark.parametrize("setup, words", [
     (lambda root: None, "no such folder"),
-    (lambda root: root.mkdir(), "expected an upstream/ and/or a downstream/ folder"),
+    (lambda root: root.mkdir(), "expected train/ (a folder of class folders or train.tar; optional val/ and test/) "
+                                "or INTERN's upstream/ and downstream/ folders"),
     (lambda root: (root / "upstream").mkdir(parents=True), "upstream: empty folder"),
     (lambda root: (root / "upstream" / "animals").mkdir(parents=True), "animals: empty folder"),
     (lambda root: _task(root / "downstream" / "pets", classes=("cat",)), "has one class ('cat')"),
@@ -164,7 +165,7 @@ def test_folder_images_train_augmented_measure_centre_cropped_with_workers(tmp_p
     from metanet.search_spaces.spec import ArchSpec
     from metanet.stages import evaluate_candidate
     from metanet.training import loader_options
-    monkeypatch.setattr("metanet.data.FOLDER_WORKERS", 1)  # the default is 0 on 2 cores (no spare core)
+    monkeypatch.setattr("metanet.data.images.FOLDER_WORKERS", 1)  # the default is 0 on 2 cores (no spare core)
     g = torch.Generator().manual_seed(0)
     for part, classes in (("upstream/shapes", ("a", "b")), ("downstream/pets", ("cat", "dog"))):
         for c in classes:
@@ -173,11 +174,12 @@ def test_folder_images_train_augmented_measure_centre_cropped_with_workers(tmp_p
             for i in range(12):
                 pixels = (torch.rand(40, 56, 3, generator=g) * 255).byte().numpy()  # not square: aspect kept
                 Image.fromarray(pixels).save(folder / f"{i}.png")
-    data = load_data(registry(), f"folder:{tmp_path}", 64, seed=0)
+    data = load_data(registry(), f"folder:{tmp_path}", 64, seed=0, cache=False)  # decoded per step, by workers
     split = data.sources["shapes"]
     x1, _ = split.train[0]
     x2, _ = split.train[0]
     assert x1.shape == (3, 64, 64) and not torch.equal(x1, x2)  # augmented afresh each time
+    assert torch.equal(split.train[(0, 5)][0], split.train[(0, 5)][0])  # unless the stream gives the same seed
     v1, v2 = split.val[0][0], split.val[0][0]
     assert v1.shape == (3, 64, 64) and torch.equal(v1, v2)  # measured deterministically
     assert loader_options(split.train)["num_workers"] >= 1
@@ -204,18 +206,21 @@ def test_image_modes_keep_their_range():
     assert np.asarray(to_rgb(rgba)).tolist() == [[[0, 0, 0]]]
 
 
-def test_link_loops_and_links_out_of_the_folder_are_not_followed(tmp_path):
+def test_links_are_followed_and_a_loop_is_named(tmp_path):
     import os
 
-    from metanet.data import _image_folder
+    from metanet.data import load_folder_bundle
     root = tmp_path / "task"
     _task(root)
-    os.symlink(root / "cat", root / "cat" / "loop")  # a loop inside a class folder
     outside = tmp_path / "elsewhere"
     _images(outside, n=3)
-    os.symlink(outside / "0.png", root / "dog" / "stray.png")  # a file link out of the data folder
+    os.symlink(outside / "0.png", root / "dog" / "stray.png")  # a file link out of the data folder: an image
     os.symlink(root / "dog" / "1.png", root / "dog" / "inside.png")  # a link inside the folder is an image
-    folder = _image_folder(root)
-    names = sorted(os.path.relpath(p, root) for p, _ in folder.samples)
-    assert len(folder.samples) == 9 and not any("loop" in n or "stray" in n for n in names)
-    assert "dog/inside.png" in names
+    os.symlink(outside, root / "bird")  # a folder link: a class
+    split = load_folder_bundle(tmp_path / "task", resolution=8).sources["task"]
+    names = sorted(os.path.relpath(p, root) for p, _ in split.train.samples + split.test.samples)
+    assert len(names) == 4 + 4 + 2 + 3 and "dog/stray.png" in names and "bird/0.png" in names
+    assert split.classes == ["bird", "cat", "dog"]
+    os.symlink(root / "cat", root / "cat" / "loop")  # a loop inside a class folder
+    with pytest.raises(DataError, match="cat/loop: link loop"):
+        load_folder_bundle(tmp_path / "task", resolution=8)

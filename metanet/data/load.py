@@ -1,0 +1,60 @@
+"""``--data`` to a bundle: a registered dataset, a folder, or a timm dataset name; then the extra downstream
+tasks, the validation splits and the decoded-image cache."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import DataError
+from .bundle import DEFAULT_VAL_FRACTION, DataBundle
+from .timm_datasets import is_timm_name, load_timm_dataset
+
+
+def load_data(pm, source: str, resolution: int, seed: int, val_fraction: float = DEFAULT_VAL_FRACTION, *,
+              data_dir: str | None = None, downstream=(), cache: bool = True,
+              cache_dir: str | os.PathLike | None = None) -> DataBundle:
+    """The data of ``source`` with a validation set in every split (carved from training data with
+    ``val_fraction`` where the data has none) and its images decoded once (:mod:`metanet.data.decoded`).
+
+    ``source``: a registered dataset by name, ``NAME:PATH`` for a loader that reads a folder, a bare path
+    (an existing folder, or text with a path separator: the one registered loader that reads folders,
+    ``folder`` unless plugins add more), or ``hfds/NAME`` / ``wds/NAME`` with ``data_dir``
+    (:mod:`metanet.data.timm_datasets`). ``downstream``: folders of more downstream tasks
+    (:func:`metanet.data.folders.read_tasks`). ``cache=False`` leaves images to be decoded per step;
+    ``cache_dir`` is where a search process wrote decoded images for its trial processes to map.
+    """
+    if is_timm_name(source) and not os.path.isdir(source):
+        bundle = load_timm_dataset(source, data_dir, resolution, seed, cache=cache, cache_dir=cache_dir)
+    else:
+        bundle = _load(pm, source, resolution, seed)
+        if not isinstance(bundle, DataBundle):
+            raise DataError(f"data: loader of {source!r} returned {type(bundle).__name__}, not a DataBundle")
+    for folder in downstream or ():
+        from .folders import DEFAULT_TEST_FRACTION, read_tasks
+        from .images import ImageTransforms
+        notes: list[str] = []
+        path = Path(folder)
+        if not path.is_dir():
+            raise DataError(f"downstream: {folder}: no such folder", param="downstream")
+        bundle = bundle.with_tasks(read_tasks(path, ImageTransforms(bundle.resolution), seed, DEFAULT_TEST_FRACTION, notes),
+                                   f"downstream: {folder}")
+        bundle.notes.extend(notes)
+    bundle = bundle.with_validation(val_fraction, seed)
+    from .decoded import decode_bundle
+    return decode_bundle(bundle, cache=cache, cache_dir=cache_dir)
+
+
+def _load(pm, source: str, resolution: int, seed: int) -> DataBundle:
+    name, colon, path = source.partition(":")
+    if colon and name in pm.registry["datasets"]:
+        dataset = pm.dataset(name)
+        if not dataset.takes_path:
+            raise DataError(f"data: dataset {name!r} does not read a folder; use --data {name}")
+        return dataset.load(resolution, seed, path)
+    if os.path.isdir(source) or os.sep in source:
+        readers = [d for d in pm.registry["datasets"].values() if d.takes_path]
+        if len(readers) != 1:
+            names = ", ".join(d.name for d in readers) or "none"
+            raise DataError(f"data: {source} is a folder; say which loader reads it as NAME:{source} ({names})")
+        return readers[0].load(resolution, seed, source)
+    return pm.dataset(source).load(resolution, seed)
