@@ -288,7 +288,10 @@ EVALUATE_STAGES = "zero-cost,amateur,expert,generalist,downstream"
 
 
 @cli.command("evaluate")
-@click.argument("spec")
+@click.argument("spec", required=False)
+@click.option("--rerun", nargs=2, type=(click.Path(file_okay=False), click.IntRange(min=1)), default=None,
+              metavar="RUN_DIR TRIAL", help="Re-run a stored trial from its reproduction record and say whether "
+              "every metric matches (exit 1 if not); takes no other evaluation option.")
 @click.option("--stages", default=None,
               help=f"Stage plugins to run, in order  [default: {EVALUATE_STAGES}; without downstream when the data "
                    "has no downstream tasks].")
@@ -303,17 +306,29 @@ EVALUATE_STAGES = "zero-cost,amateur,expert,generalist,downstream"
 @config_option("precision", default="32")
 @config_option("devices", default=1)
 @config_option("compile", default=False)
+@config_option("deterministic", default=False)
 @set_option
 @config_option("score")
 @config_option("seed", default=0)
 @json_option
-def evaluate_cmd(spec, stages, data, data_dir, downstream, cache, proxy_resolution, val_fraction, repeats,
-                 accelerator, precision, devices, compile, sets, score, seed, as_json):
+@click.pass_context
+def evaluate_cmd(ctx, spec, rerun, stages, data, data_dir, downstream, cache, proxy_resolution, val_fraction, repeats,
+                 accelerator, precision, devices, compile, deterministic, sets, score, seed, as_json):
     """Run evaluation stages on one architecture and print its metrics and score.
 
     ``score`` comes from the validation splits (what a search optimises), ``test_score`` from the test
-    splits.
+    splits. The same command, seed and data give the same numbers. With --rerun RUN_DIR TRIAL, a stored
+    trial is evaluated again as it was recorded and compared metric by metric.
     """
+    if rerun is not None:
+        given = [p.opts[0] for p in ctx.command.params if p.name not in ("rerun", "as_json", "spec")
+                 and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+        if spec is not None or given:
+            raise click.UsageError("--rerun re-runs the trial as it was recorded; give no SPEC or other evaluation "
+                                   f"option{' (got ' + given[0] + ')' if given else ''}")
+        return _rerun(*rerun, as_json)
+    if spec is None:
+        raise click.UsageError("give SPEC (a spec file, JSON or preset name), or --rerun RUN_DIR TRIAL")
     from .data import load_data
     from .search_config import _names, parse_sets, parse_stages
     from .stages import check_score_stages, check_stages, evaluate_repeated, parse_score, preflight_stages
@@ -339,10 +354,10 @@ def evaluate_cmd(spec, stages, data, data_dir, downstream, cache, proxy_resoluti
     for note in dict.fromkeys(bundle.notes):
         click.echo(note, err=True)
     from .runtime import Runtime
-    runtime = Runtime.create(accelerator, precision, devices, compile)  # a bad choice fails here, before any work
+    runtime = Runtime.create(accelerator, precision, devices, compile, deterministic)  # a bad choice fails here
     result = evaluate_repeated(arch, stage_list, bundle, config=settings, pm=pm, score_weights=weights, seed=seed,
                                repeats=repeats, accelerator=accelerator, precision=precision, devices=devices,
-                               compile=compile)
+                               compile=compile, deterministic=deterministic)
     if as_json:
         _emit_json({"status": result.status, "score": result.score, "test_score": result.test_score,
                     "metrics": result.metrics, "seconds": round(result.seconds, 2), "error": result.error,
@@ -354,6 +369,27 @@ def evaluate_cmd(spec, stages, data, data_dir, downstream, cache, proxy_resoluti
         err = result.error
         raise click.ClickException(f"stage '{err['stage']}' failed (plugin {err['plugin'] or 'unknown'}): "
                                    f"{err['message']}")
+
+
+def _rerun(run_dir: str, trial: int, as_json: bool) -> None:
+    from .errors import RunError
+    from .plugin_manager import refuse_unnamed_plugins
+    from .reproduce import rerun
+    from .run_dir import RunDir
+    refuse_unnamed_plugins(RunDir.open(run_dir).config.plugins,
+                           click.get_current_context().find_root().obj.get("plugins", ()), run_dir,
+                           f"evaluate --rerun {run_dir} {trial}")
+    _registry()
+    result = rerun(run_dir, trial)
+    if as_json:
+        _emit_json(result.to_json())
+    else:
+        for key, (then, now) in result.differences.items():
+            click.echo(f"{key:<40} {then!r:>22} -> {now!r}")
+    if not result.matches:
+        raise RunError(result.summary())
+    if not as_json:
+        click.echo(result.summary())
 
 
 @cli.command("search")

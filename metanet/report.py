@@ -95,7 +95,7 @@ def results_rows(run: RunDir, top: int | None = None) -> list[dict]:
     test splits; with ``--repeats``, both are means over the seeds and ``score_std`` their spread.
     """
     keys = ("id", "budget", "status", "spec", "flops", "params", "score", "test_score", "metrics", "error",
-            "seconds", "seed", "proposal", "rewritten", "reward", "data")
+            "seconds", "seed", "proposal", "rewritten", "reward", "data", "repro")
     rows = []
     for r in run.by_budget(top, store=run.read_store()):
         row = {k: r.get(k) for k in keys}

@@ -57,10 +57,12 @@ class Runtime:
     precision: str
     devices: int = 1
     compile: bool = False     # torch.compile the candidate's forward passes (metanet.training.compile_candidate)
+    # deterministic kernels on GPUs too (always on CPU, where they cost nothing): metanet.seeds.deterministic_algorithms
+    deterministic: bool = False
 
     @classmethod
     def create(cls, accelerator: str = "auto", precision: str = "32", devices: int = 1,
-               compile: bool = False) -> "Runtime":
+               compile: bool = False, deterministic: bool = False) -> "Runtime":
         from .errors import ConfigError
         if accelerator not in ACCELERATORS:
             raise ConfigError(f"accelerator: expected one of {', '.join(ACCELERATORS)}, got {accelerator!r}",
@@ -80,9 +82,12 @@ class Runtime:
             from lightning_fabric.strategies import DDPStrategy
             # fork: the stages, their data and the plugin manager reach the ranks as they are (nothing pickled)
             options["strategy"] = DDPStrategy(start_method="fork", timeout=SYNC_TIMEOUT)
+        if deterministic:
+            # cuBLAS reads this when it creates its handle: deterministic GEMM reductions (CUDA's documented value)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         fabric = Fabric(accelerator=accelerator, devices=devices,
                         precision="32-true" if precision == "32" else precision, **options)
-        return cls(fabric, accelerator, precision, devices, bool(compile))
+        return cls(fabric, accelerator, precision, devices, bool(compile), bool(deterministic))
 
     @property
     def device(self) -> torch.device:
@@ -165,7 +170,8 @@ class Runtime:
 
     def describe(self) -> dict[str, Any]:
         return {"accelerator": self.accelerator, "device": str(self.device), "precision": self.precision,
-                "world_size": self.world_size, "compile": self.compile}
+                "world_size": self.world_size, "compile": self.compile,
+                "deterministic": self.deterministic or self.device.type == "cpu"}
 
 
 def _by_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -177,7 +183,8 @@ def _by_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
 
 def _run_rank(fabric, runtime: Runtime, result_path: str, function: Callable, *args: Any) -> None:
     # a forked copy of the runtime: its Fabric now knows this rank
-    runtime = Runtime(fabric, runtime.accelerator, runtime.precision, runtime.devices, runtime.compile)
+    runtime = Runtime(fabric, runtime.accelerator, runtime.precision, runtime.devices, runtime.compile,
+                      runtime.deterministic)
     token = _current.set(runtime)
     try:
         result = function(*args)

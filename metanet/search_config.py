@@ -261,6 +261,9 @@ class SearchConfig:
                           "--accelerator cpu).", "--devices", type="int>=1")
     compile: bool = option(False, _flag, "torch.compile the candidate's stem and stages before the stages train "
                            "it (pays off on GPUs for long stages).", "--compile/--no-compile", type="flag")
+    deterministic: bool = option(False, _flag, "Deterministic kernels on GPUs too (cuDNN, cuBLAS, atomics-free "
+                                 "reductions; slower). On CPU they are always used, and trials reproduce to the last "
+                                 "digit.", "--deterministic/--no-deterministic", type="flag")
     repeats: int = option(1, _integer(1), "Evaluate each candidate with this many seeds; the score is their mean.",
                           "--repeats", type="int>=1")
     resolution: int = option(224, _integer(16), "Deployment resolution at which FLOPs are counted.", "--resolution",

@@ -37,12 +37,32 @@ class StageContext:
     device: torch.device
     seed: int = 0
     runtime: Any = None       # the evaluation's metanet.runtime.Runtime (its Fabric: device and precision)
+    stage: str = ""           # the name this stage runs under (what its seeds derive from)
+
+    def seed_for(self, *names) -> int:
+        """A seed for one purpose of this stage (``"batches", source``, ``"head", task`` ...), derived from
+        the trial's seed, the stage and the names: independent of other stages, sources and tasks."""
+        from .seeds import derive
+        return derive(self.seed, self.stage, *names)
+
+    def generator(self, *names) -> torch.Generator:
+        """A CPU generator seeded with :meth:`seed_for` (``names``)."""
+        return torch.Generator().manual_seed(self.seed_for(*names))
+
+    def seeded(self, *names):
+        """A block in which library code drawing from the global generators (weight initialisation of a
+        head, dropout) draws from :meth:`seed_for` (``names``); the generators are restored after it."""
+        from .seeds import seeded
+        return seeded(self.seed_for(*names), self.device)
 
     def fresh_model(self) -> nn.Module:
         """A new, randomly initialised copy of the candidate (for from-scratch baselines)."""
         from metanet.search_spaces.metanet import MetaNet
-        torch.manual_seed(self.seed)
-        model = place(MetaNet(self.spec, num_classes=0, img_size=self.data.resolution), self.device)
+
+        from .seeds import seeded
+        with seeded(self.seed):  # initialised as the candidate itself was
+            model = MetaNet(self.spec, num_classes=0, img_size=self.data.resolution)
+        model = place(model, self.device)
         return compile_candidate(model) if self.runtime is not None and self.runtime.compile else model
 
     def model_from(self, *stages: str) -> tuple[nn.Module, str]:
@@ -180,14 +200,17 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
                        seed: int = 0, device: str | torch.device | None = None,
                        trial: dict[str, Any] | None = None, model: nn.Module | None = None,
                        accelerator: str = "auto", precision: str = "32", devices: int = 1,
-                       compile: bool = False) -> TrialResult:
+                       compile: bool = False, deterministic: bool = False) -> TrialResult:
     """Run ``stages`` in order on ``spec``; never raises for a failing stage (the result says failed).
 
     ``model``: the backbone already built from ``spec`` (no classifier, at the data's resolution, just
     after ``torch.manual_seed(seed)``), to save building it again. ``accelerator``, ``devices`` and
     ``precision`` (``32``, ``bf16-mixed``, ``16-mixed``) set the evaluation's Fabric (:mod:`metanet.runtime`):
     with ``devices > 1`` the stages run data-parallel in that many processes; ``compile`` runs the stages'
-    forward passes through ``torch.compile``. ``device``, when given, overrides the accelerator.
+    forward passes through ``torch.compile``; ``deterministic`` asks GPUs for deterministic kernels (CPUs always
+    use them). ``device``, when given, overrides the accelerator. Every stage draws its randomness from
+    generators seeded by (``seed``, stage, and its own names: source, task, purpose), so the same call gives
+    the same metrics, and a stage's numbers do not depend on the stages before it (:mod:`metanet.seeds`).
     """
     from .runtime import Runtime
     from metanet.search_spaces.metanet import MetaNet
@@ -198,7 +221,7 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
     weights = score_weights or default_score_weights(stages, pm)
     if device is not None:
         accelerator = torch.device(device).type
-    runtime = Runtime.create(accelerator, precision, devices, compile)
+    runtime = Runtime.create(accelerator, precision, devices, compile, deterministic)
     trial = dict(trial or {})
     trial.setdefault("id", 0)
     trial.update(spec=spec.to_dict(), stages=list(stages))
@@ -207,8 +230,9 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
 
     start = time.perf_counter()
     if model is None:
-        torch.manual_seed(seed)
-        model = MetaNet(spec, num_classes=0, img_size=data.resolution)
+        from .seeds import seeded
+        with seeded(seed):  # the initialisation is a function of the seed alone; the caller's generators stay
+            model = MetaNet(spec, num_classes=0, img_size=data.resolution)
     try:
         state, metrics, backbone, error = runtime.launch(_run_stages, pm, stages, configs, model, spec, data, seed)
     except ConfigError as exc:  # the ranks could not start
@@ -249,11 +273,14 @@ def _run_stages(pm: PluginManager, stages: list[str], configs: dict[str, dict], 
     state: dict[str, dict] = {}
     metrics: dict[str, float] = {}
     current_stage, backbone = None, None
+    from .seeds import derive, deterministic_algorithms, seeded
     try:
         for current_stage in stages:
             stage = pm.stage(current_stage)
-            ctx = StageContext(model, spec, data, configs[current_stage], state, device, seed, runtime)
-            with runtime.active():
+            ctx = StageContext(model, spec, data, configs[current_stage], state, device, seed, runtime, current_stage)
+            # each stage draws from generators seeded by (seed, stage): what ran before it cannot change its numbers
+            with runtime.active(), seeded(derive(seed, "stage", current_stage), device), \
+                    deterministic_algorithms(runtime.deterministic or device.type == "cpu"):
                 result = run_stage(pm, stage, ctx)
             state.setdefault(current_stage, {})["metrics"] = dict(result)
             metrics.update({f"{current_stage}.{k}": float(v) for k, v in result.items()})

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS trials (
     rewritten INTEGER,                 -- choices of the evaluated spec that differ from the proposal
     reward REAL,                       -- what the strategy received (the score, or the soft-constraint reward)
     test_score REAL,                   -- the score's formula on the test splits: reported, never optimised
-    data TEXT                          -- how the trial got its data (images, decoded here, cache, seconds), JSON
+    data TEXT,                         -- how the trial got its data (images, decoded here, cache, seconds), JSON
+    repro TEXT                         -- what re-runs it exactly (metanet.reproduce.record), JSON
 );
 CREATE INDEX IF NOT EXISTS trials_budget ON trials (budget, status);
 CREATE TABLE IF NOT EXISTS counters (budget INTEGER, name TEXT, value INTEGER, PRIMARY KEY (budget, name));
@@ -45,6 +46,10 @@ CREATE TABLE IF NOT EXISTS counters (budget INTEGER, name TEXT, value INTEGER, P
 # The one trial-status vocabulary: the store, the trial result, results and export all use it.
 RUNNING, OK, FAILED = "running", "ok", "failed"
 DONE = (OK, FAILED)
+
+
+def _json_or_null(value: Any) -> str | None:
+    return json.dumps(value) if value is not None else None
 
 
 def spec_key(spec: dict[str, Any]) -> str:
@@ -67,7 +72,7 @@ class TrialStore:
                 db.executescript(SCHEMA)
                 have = {row["name"] for row in db.execute("PRAGMA table_info(trials)")}
                 for column, kind in (("proposal", "TEXT"), ("rewritten", "INTEGER"), ("reward", "REAL"),
-                                     ("test_score", "REAL"), ("data", "TEXT")):
+                                     ("test_score", "REAL"), ("data", "TEXT"), ("repro", "TEXT")):
                     if column not in have:  # a run written before these columns existed
                         db.execute(f"ALTER TABLE trials ADD COLUMN {column} {kind}")
 
@@ -115,12 +120,12 @@ class TrialStore:
 
     def finish(self, trial_id: int, status: str, metrics: dict, score: float | None, error: str | None,
                seconds: float, reward: float | None = None, test_score: float | None = None,
-               data: dict | None = None) -> None:
+               data: dict | None = None, repro: dict | None = None) -> None:
         with self._connect() as db:
             db.execute("UPDATE trials SET status=?, metrics=?, score=?, error=?, seconds=?, ended=?, reward=?, "
-                       "test_score=?, data=? WHERE id=?",
+                       "test_score=?, data=?, repro=? WHERE id=?",
                        (status, json.dumps(metrics), score, error, seconds, time.time(), reward, test_score,
-                        json.dumps(data) if data is not None else None, trial_id))
+                        _json_or_null(data), _json_or_null(repro), trial_id))
 
     def record(self, row: dict[str, Any]) -> int:
         """A finished trial evaluated elsewhere (a remote machine), written whole in one transaction."""
@@ -128,13 +133,13 @@ class TrialStore:
         with self._connect() as db:
             cur = db.execute(
                 "INSERT INTO trials (budget, status, spec, spec_key, flops, params, metrics, score, error, seconds, "
-                "seed, started, ended, proposal, rewritten, reward, test_score, data) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "seed, started, ended, proposal, rewritten, reward, test_score, data, repro) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (row["budget"], row["status"], json.dumps(row["spec"]), spec_key(row["spec"]), row["flops"],
                  row["params"], json.dumps(row["metrics"]), row["score"], row["error"], row["seconds"], row["seed"],
                  now - row["seconds"], now, json.dumps(row["proposal"]) if row.get("proposal") is not None else None,
-                 row.get("rewritten"), row["reward"], row.get("test_score"),
-                 json.dumps(row["data"]) if row.get("data") is not None else None))
+                 row.get("rewritten"), row["reward"], row.get("test_score"), _json_or_null(row.get("data")),
+                 _json_or_null(row.get("repro"))))
             return int(cur.lastrowid)
 
     def bump(self, budget: int, name: str, by: int = 1) -> None:
@@ -163,6 +168,7 @@ class TrialStore:
                 d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
                 d["proposal"] = json.loads(d["proposal"]) if d.get("proposal") else None
                 d["data"] = json.loads(d["data"]) if d.get("data") else None
+                d["repro"] = json.loads(d["repro"]) if d.get("repro") else None
             except (TypeError, ValueError) as exc:
                 raise self._damaged(ValueError(f"trial {d.get('id')}: {exc}")) from None
             if not isinstance(d["spec"], dict) or not isinstance(d["metrics"], dict):

@@ -139,9 +139,11 @@ def _innermost(ds: Dataset) -> Dataset:
 
 
 def source_streams(sources: dict, cfg: dict, seed: int, device) -> tuple[dict[str, Iterator], int]:
-    """One batch stream per label source, and the step count for ``cfg``'s epochs over the largest."""
-    streams = {name: batches(split.train, cfg["batch_size"], seed + i, device)
-               for i, (name, split) in enumerate(sources.items())}
+    """One batch stream per label source, each seeded by ``seed`` and its name (so adding or reordering sources
+    changes no other source's batches), and the step count for ``cfg``'s epochs over the largest."""
+    from .seeds import derive
+    streams = {name: batches(split.train, cfg["batch_size"], derive(seed, name), device)
+               for name, split in sources.items()}
     steps = total_steps(max(len(s.train) for s in sources.values()), cfg["batch_size"], cfg["epochs"],
                         cfg["max_steps"])
     return streams, steps

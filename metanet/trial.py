@@ -31,6 +31,7 @@ def trial_settings(cfg, run_dir: Path, budget: int) -> dict[str, Any]:
             "resolution": cfg.resolution, "seed": cfg.seed, "plugins": cfg.plugins,
             "val_fraction": cfg.val_fraction, "repeats": cfg.repeats, "accelerator": cfg.accelerator,
             "precision": cfg.precision, "devices": cfg.devices, "compile": cfg.compile,
+            "deterministic": cfg.deterministic,
             "invalid_score": cfg.invalid_score, "budget_mode": cfg.budget_mode, "soft_weight": cfg.soft_weight,
             # trial processes share the cores: oversubscribed OpenMP threads spin and crawl
             "threads": max(1, (os.cpu_count() or 1) // cfg.concurrency) if cfg.engine == "ts" else None}
@@ -89,18 +90,21 @@ def _evaluate(spec, s: dict[str, Any], model=None, trial_id: int | None = None) 
 
     from .data import decoded
     start = time.perf_counter()
-    result, data_info = None, None
+    result, data_info, repro = None, None, None
     try:
         pm = registry(s["plugins"])
         before = decoded.decoded_images
         data = settings_data(pm, s)
         data_info = {**decoded.describe(data), "decoded_here": decoded.decoded_images - before,
                      "seconds": round(time.perf_counter() - start, 3)}
+        from .reproduce import record
+        repro = record(pm, s, data)
         result = evaluate_repeated(spec, s["stages"], data, config=s["settings"], pm=pm,
                                    score_weights=s["score"], seed=s["seed"], repeats=s.get("repeats", 1),
                                    trial={"id": trial_id, "budget": s["budget"]}, model=model,
                                    accelerator=s.get("accelerator", "auto"), precision=s.get("precision", "32"),
-                                   devices=s.get("devices", 1), compile=s.get("compile", False))
+                                   devices=s.get("devices", 1), compile=s.get("compile", False),
+                                   deterministic=s.get("deterministic", False))
         status, metrics, score, error = result.status, result.metrics, result.score, None
         if result.error:
             error = f"stage {result.error['stage']} (plugin {result.error['plugin']}): {result.error['message']}"
@@ -110,7 +114,7 @@ def _evaluate(spec, s: dict[str, Any], model=None, trial_id: int | None = None) 
         status, metrics, score, error = FAILED, {}, None, f"{type(exc).__name__}: {exc}"
     return {"status": status, "metrics": metrics, "score": score if status == OK else None,
             "test_score": result.test_score if status == OK else None, "error": error,
-            "seconds": time.perf_counter() - start, "result": result, "data": data_info}
+            "seconds": time.perf_counter() - start, "result": result, "data": data_info, "repro": repro}
 
 
 def _reward(outcome: dict[str, Any], flops: int, s: dict[str, Any]) -> float | None:
@@ -171,7 +175,7 @@ def commit_trial(run, trial_id: int, outcome: dict[str, Any], reward: float | No
             and trial_id in run.kept(s["budget"], trial_id, outcome["score"]):
         run.save_weights(trial_id, result.backbone_weights, result.backbone_stage, s["proxy_resolution"])
     run.store.finish(trial_id, outcome["status"], outcome["metrics"], outcome["score"], outcome["error"],
-                     outcome["seconds"], reward, outcome["test_score"], outcome["data"])
+                     outcome["seconds"], reward, outcome["test_score"], outcome["data"], outcome["repro"])
     if outcome["status"] == OK:
         run.drop_weights(s["budget"])
 
@@ -185,7 +189,8 @@ def repair_weights(run, row: dict[str, Any], s: dict[str, Any]) -> bool:
     if outcome["status"] == OK and result is not None and result.backbone_stage:
         run.save_weights(row["id"], result.backbone_weights, result.backbone_stage, s["proxy_resolution"])
     run.store.finish(row["id"], outcome["status"], outcome["metrics"], outcome["score"], outcome["error"],
-                     outcome["seconds"], _reward(outcome, row["flops"], s), outcome["test_score"], outcome["data"])
+                     outcome["seconds"], _reward(outcome, row["flops"], s), outcome["test_score"], outcome["data"],
+                     outcome["repro"])
     return run.weights_path(row["id"]).exists()
 
 

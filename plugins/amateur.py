@@ -18,11 +18,15 @@ def run(context):
     sources = context.data.require_sources(cfg["sources"])
     model = copy.deepcopy(context.model).train()
     nf = model.num_features
-    heads = nn.ModuleDict({s: linear_head(nf, split.num_classes, device) for s, split in sources.items()})
-    proj = nn.Sequential(nn.Linear(nf, nf // 2), nn.ReLU(), nn.Linear(nf // 2, cfg["projection_dim"])).to(device)
-    streams, steps = source_streams(sources, cfg, context.seed, device)
+    heads = nn.ModuleDict()
+    for s, split in sources.items():  # each head initialised from its source's own seed
+        with context.seeded("head", s):
+            heads[s] = linear_head(nf, split.num_classes, device)
+    with context.seeded("projection"):
+        proj = nn.Sequential(nn.Linear(nf, nf // 2), nn.ReLU(), nn.Linear(nf // 2, cfg["projection_dim"])).to(device)
+    streams, steps = source_streams(sources, cfg, context.seed_for("batches"), device)
     schedule = Schedule([model, heads, proj], cfg, steps)
-    g = torch.Generator().manual_seed(context.seed)
+    g = context.generator("contrastive views")
     log = LossLog()
     for _ in range(steps):
         loss = 0.0

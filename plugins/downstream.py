@@ -110,30 +110,35 @@ def run(context):
     pct = percent(cfg["fraction"])
     per_task = {}
     for name, split in tasks.items():
-        # Each task on its own: seeds from its name, and (when fine-tuning) its own copy of the backbone,
-        # so neither the other tasks nor their order can change its numbers.
-        seed = context.seed + zlib.crc32(name.encode()) % 100_003
-        frozen = _Frozen(model, split, device)
-        fixed = split.subsets.get(cfg["fraction"])
-        picked = fixed if fixed is not None else stratified_fraction(split.labels("train"), cfg["fraction"], seed)
-        task_model = copy.deepcopy(model) if cfg["finetune_steps"] else model
-        m = _adapt(task_model, split, picked, frozen, cfg, seed, device, "")
-        m["labels_used"] = float(len(picked))
-        m["fixed_subset"] = float(fixed is not None)
-        if cfg["adapted_full"]:
-            full_model = copy.deepcopy(model) if cfg["finetune_steps"] else model
-            full = _adapt(full_model, split, list(range(len(split.train))), frozen, cfg, seed, device, "adapted100_")
-            m.update({k: v for k, v in full.items() if k in ("adapted100_acc", "test_adapted100_acc")})
-            m[f"adapted{pct}_minus_adapted100"] = m["acc"] - m["adapted100_acc"]
-            m[f"test_adapted{pct}_minus_adapted100"] = m["test_acc"] - m["test_adapted100_acc"]
-        if cfg["from_scratch"]:
-            m.update(_scratch(context, split, cfg, seed, device))
-            m[f"adapted{pct}_minus_scratch100"] = m["acc"] - m["scratch100_acc"]
-            m[f"test_adapted{pct}_minus_scratch100"] = m["test_acc"] - m["test_scratch100_acc"]
-        per_task[name] = m
+        with context.seeded("task", name):
+            per_task[name] = _task(context, model, name, split, cfg, pct, device)
     metrics = {f"{n}.{k}": v for n, m in per_task.items() for k, v in m.items()}
     for key in per_task[next(iter(per_task))]:
         if key not in ("labels_used", "fixed_subset", "scratch100_steps"):
             metrics[key] = sum(m[key] for m in per_task.values()) / len(per_task)
     context.state["downstream"] = {"backbone": origin}
     return metrics
+
+
+def _task(context, model, name, split, cfg, pct, device) -> dict[str, float]:
+    """One task on its own: seeds from its name, and (when fine-tuning) its own copy of the backbone, so neither
+    the other tasks nor their order can change its numbers."""
+    seed = context.seed + zlib.crc32(name.encode()) % 100_003
+    frozen = _Frozen(model, split, device)
+    fixed = split.subsets.get(cfg["fraction"])
+    picked = fixed if fixed is not None else stratified_fraction(split.labels("train"), cfg["fraction"], seed)
+    task_model = copy.deepcopy(model) if cfg["finetune_steps"] else model
+    m = _adapt(task_model, split, picked, frozen, cfg, seed, device, "")
+    m["labels_used"] = float(len(picked))
+    m["fixed_subset"] = float(fixed is not None)
+    if cfg["adapted_full"]:
+        full_model = copy.deepcopy(model) if cfg["finetune_steps"] else model
+        full = _adapt(full_model, split, list(range(len(split.train))), frozen, cfg, seed, device, "adapted100_")
+        m.update({k: v for k, v in full.items() if k in ("adapted100_acc", "test_adapted100_acc")})
+        m[f"adapted{pct}_minus_adapted100"] = m["acc"] - m["adapted100_acc"]
+        m[f"test_adapted{pct}_minus_adapted100"] = m["test_acc"] - m["test_adapted100_acc"]
+    if cfg["from_scratch"]:
+        m.update(_scratch(context, split, cfg, seed, device))
+        m[f"adapted{pct}_minus_scratch100"] = m["acc"] - m["scratch100_acc"]
+        m[f"test_adapted{pct}_minus_scratch100"] = m["test_acc"] - m["test_scratch100_acc"]
+    return m

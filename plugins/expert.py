@@ -7,12 +7,13 @@ def run(context):
     sources = context.data.require_sources(cfg["sources"])
     amateur_heads = context.state.get("amateur", {}).get("heads", {})
     experts, per_source, firsts, lasts = {}, {}, [], []
-    for i, (s, split) in enumerate(sources.items()):
+    for s, split in sources.items():
         model, origin = context.model_from("amateur")
-        head = linear_head(model.num_features, split.num_classes, device)
-        if f"{s}.weight" in amateur_heads:  # keep the amateur's head for this source
-            head.load_state_dict({"weight": amateur_heads[f"{s}.weight"], "bias": amateur_heads[f"{s}.bias"]})
-        log = train_classifier(model, head, split.train, cfg, context.seed + i, device)
+        with context.seeded("expert", s):  # each expert from its source's own seed: independent of the others
+            head = linear_head(model.num_features, split.num_classes, device)
+            if f"{s}.weight" in amateur_heads:  # keep the amateur's head for this source
+                head.load_state_dict({"weight": amateur_heads[f"{s}.weight"], "bias": amateur_heads[f"{s}.bias"]})
+            log = train_classifier(model, head, split.train, cfg, context.seed_for("batches", s), device)
         per_source[s] = evaluate_split(model, head, split, device)
         summary = log.summary()
         firsts.append(summary["train_loss_first"])

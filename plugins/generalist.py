@@ -32,7 +32,7 @@ def run(context):
         th.load_state_dict(experts[s]["head"])
         teacher_heads[s] = th.eval().requires_grad_(False)
         heads[s] = copy.deepcopy(th).requires_grad_(True).train()  # the student's head starts from the expert's
-    streams, steps = source_streams(sources, cfg, context.seed, device)
+    streams, steps = source_streams(sources, cfg, context.seed_for("batches"), device)
     schedule = Schedule([student, heads], cfg, steps)
     t = cfg["temperature"]
     log = LossLog()

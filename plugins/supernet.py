@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from metanet.errors import ConfigError, SupernetError
+from metanet.training import batches as training_batches
 from metanet.training import evaluate, evaluate_split, loader_options, state_to_cpu
 
 
@@ -59,12 +60,10 @@ def recalibrate(model: nn.Module, ds, batches: int, batch_size: int, seed: int, 
         m.reset_running_stats()
         m.momentum = None  # cumulative average
     model.train()
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=len(ds) > batch_size,
-                                         generator=torch.Generator().manual_seed(seed), **loader_options(ds, device))
-    for i, (x, _) in enumerate(loader):
-        if i == batches:
-            break
-        model.forward_features(x.to(device))
+    stream = training_batches(ds, batch_size, seed, device)  # order and augmentation seeded by ``seed`` alone
+    for _ in range(batches):
+        x, _ = next(stream)
+        model.forward_features(x)
     for m in norms:
         m.momentum = 0.1
     model.eval()

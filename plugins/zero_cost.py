@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from metanet.data import for_eval
 from metanet.training import features, linear_head
 
 PROXIES = ("naswot", "grad_norm")
@@ -19,10 +20,11 @@ def run(context):
         raise ValueError(f"zero-cost: proxy: unknown proxy {cfg['proxy']!r} (expected one of {', '.join(PROXIES)})")
     sources = context.data.require_sources([cfg["source"]] if cfg["source"] else None)
     split = next(iter(sources.values()))
-    g = torch.Generator().manual_seed(context.seed)
+    g = context.generator("batch")
     idx = torch.randperm(len(split.train), generator=g)[: cfg["batch_size"]]
-    x = torch.stack([split.train[int(i)][0] for i in idx]).to(context.device)
-    y = torch.as_tensor([int(split.train[int(i)][1]) for i in idx]).to(context.device)
+    images = for_eval(split.train)  # the images as they are: a score at initialisation needs no augmentation noise
+    x = torch.stack([images[int(i)][0] for i in idx]).to(context.device)
+    y = torch.as_tensor([int(images[int(i)][1]) for i in idx]).to(context.device)
     model = context.model
     if cfg["proxy"] == "naswot":
         return {"score": _naswot(model, x)}

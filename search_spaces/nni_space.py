@@ -119,11 +119,15 @@ class BudgetModelSpace(ModelSpace):
     @classmethod
     def create_fixed_module(cls, sample: dict[str, Any], space: BudgetSpace, num_classes: int = 1000,
                             img_size: int = 224, seed: int | None = None) -> MetaNet:
+        import contextlib
+
+        from metanet.seeds import seeded
         spec = space.decode(sample)
-        if seed is not None:  # initialised exactly as the stages would build it, so a trial can use it as is
-            import torch
-            torch.manual_seed(seed)
-        model = _with_proposal(MetaNet(spec, num_classes=num_classes, img_size=img_size), sample, spec.to_sample())
+        # initialised exactly as the stages would build it, so a trial can use it as is; in a block, so that the
+        # strategy's own draws from the global generators (PPO's policy) are not reset by every model built
+        with seeded(seed) if seed is not None else contextlib.nullcontext():
+            model = _with_proposal(MetaNet(spec, num_classes=num_classes, img_size=img_size), sample,
+                                   spec.to_sample())
         model.built_seed = seed
         return model
 

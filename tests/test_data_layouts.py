@@ -303,3 +303,6 @@ def test_trial_processes_map_the_images_the_search_decoded(plain, tmp_path):
     # trial processes of NNI's training service: every image mapped from RUN/data-cache, none decoded again
     assert all(r["data"]["decoded_here"] == 0 and r["data"]["cache"] == "mapped" for r in rows)
     assert sorted(p.suffix for p in (out / "data-cache").iterdir()) == [".json", ".json", ".u8", ".u8"]
+    # a trial of a trial process re-runs here, from its record (its thread count, the same pixels), exactly
+    again = CliRunner().invoke(cli, ["evaluate", "--rerun", str(out), str(rows[0]["id"]), "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["matches"], again.output

@@ -43,8 +43,12 @@ def test_a_candidate_runs_through_every_stage(space, digits):
     assert result.status == "ok", result.error
     assert all(math.isfinite(v) for v in result.metrics.values())
     assert result.score == result.metrics["downstream.acc"] == result.metrics["score"]
-    for stage in ("amateur", "expert", "generalist", "downstream"):
+    for stage in ("amateur", "generalist", "downstream"):
         assert result.metrics[f"{stage}.train_loss_last"] < result.metrics[f"{stage}.train_loss_first"], stage
+    # experts start from the amateur's weights and heads, already far below chance; a few fine-tuning steps
+    # wander around there (3-step windows of batch 32), so what they show is that they kept what it learned
+    chance = sum(math.log(digits.sources[s].num_classes) for s in digits.sources) / len(digits.sources)
+    assert result.metrics["expert.train_loss_last"] < 0.6 * chance
     assert 0 <= result.metrics["downstream.acc"] <= 1
     # the stages handed weights along: expert from amateur, downstream from the generalist
     assert all(e["origin"] == "amateur" for e in result.state["expert"]["experts"].values())
@@ -228,6 +232,6 @@ def test_bf16_mixed_precision_trains_on_cpu(digits, tmp_path):
                                   "--accelerator", "cpu", "--precision", "bf16-mixed", "--json"])
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout)["runtime"] == {"accelerator": "cpu", "device": "cpu", "precision": "bf16-mixed",
-                                                "world_size": 1, "compile": False}
+                                                "world_size": 1, "compile": False, "deterministic": True}
     bad = CliRunner().invoke(cli, ["evaluate", str(path), "--precision", "16-mixed", "--accelerator", "cpu"])
     assert bad.exit_code == 2 and "16-mixed needs a GPU" in bad.output
