@@ -75,7 +75,7 @@ def budget_option(help_text: str):
 set_option = click.option("--set", "sets", multiple=True, metavar="STAGE.KEY=VALUE", help="Override a stage setting.")
 
 _CLICK_TYPES = {"int": int, "float": float, "int>=0": click.IntRange(min=0), "int>=1": click.IntRange(min=1),
-                "int>=8": click.IntRange(min=8), "int>=16": click.IntRange(min=16), "port": click.IntRange(1, 65535),
+                "int>=2": click.IntRange(min=2), "int>=8": click.IntRange(min=8), "int>=16": click.IntRange(min=16), "port": click.IntRange(1, 65535),
                 "fraction": click.FloatRange(0, 1, min_open=True, max_open=True)}
 
 
@@ -301,6 +301,7 @@ EVALUATE_STAGES = "zero-cost,amateur,expert,generalist,downstream"
 @config_option("cache", default=True)
 @config_option("proxy_resolution", default=_search_default("proxy_resolution"))
 @config_option("val_fraction", default=_search_default("val_fraction"))
+@config_option("min_val_images", default=_search_default("min_val_images"))
 @config_option("repeats", default=1)
 @config_option("accelerator", default="auto")
 @config_option("precision", default="32")
@@ -312,8 +313,9 @@ EVALUATE_STAGES = "zero-cost,amateur,expert,generalist,downstream"
 @config_option("seed", default=0)
 @json_option
 @click.pass_context
-def evaluate_cmd(ctx, spec, rerun, stages, data, data_dir, downstream, cache, proxy_resolution, val_fraction, repeats,
-                 accelerator, precision, devices, compile, deterministic, sets, score, seed, as_json):
+def evaluate_cmd(ctx, spec, rerun, stages, data, data_dir, downstream, cache, proxy_resolution, val_fraction,
+                 min_val_images, repeats, accelerator, precision, devices, compile, deterministic, sets, score, seed,
+                 as_json):
     """Run evaluation stages on one architecture and print its metrics and score.
 
     ``score`` comes from the validation splits (what a search optimises), ``test_score`` from the test
@@ -344,7 +346,7 @@ def evaluate_cmd(ctx, spec, rerun, stages, data, data_dir, downstream, cache, pr
                          {"data": data, "proxy_resolution": proxy_resolution})
     warn_small_attention_grids(arch, proxy_resolution)
     bundle = load_data(pm, data, proxy_resolution, seed, val_fraction, data_dir=data_dir,
-                       downstream=_names(downstream or [], "downstream"), cache=cache)
+                       downstream=_names(downstream or [], "downstream"), cache=cache, min_val_images=min_val_images)
     if stage_list is None:  # the default stages the data can serve, checked as given ones are
         stage_list = [s for s in EVALUATE_STAGES.split(",") if s != "downstream" or bundle.tasks]
         if weights:
@@ -557,8 +559,10 @@ def results_cmd(run_dir, top, as_json):
               help="Re-evaluate with these stages instead of the run's (e.g. amateur, to check supernet scores "
                    "against stand-alone training); scored by their last scoring stage's metric.")
 @budget_option("Only the trials of this budget of the run (e.g. 300M).")
+@click.option("--noise-ceiling", is_flag=True, help="Also re-evaluate the trials with the search's own proxy under "
+              "another seed: the noise ceiling (its tau against itself), the signal-to-noise ratio and a verdict.")
 @json_option
-def proxy_check_cmd(run_dir, top, sets, proxy_resolution, repeats, seed, stages, budget, as_json):
+def proxy_check_cmd(run_dir, top, sets, proxy_resolution, repeats, seed, stages, budget, noise_ceiling, as_json):
     """Does the search's proxy rank architectures as a longer/larger evaluation does?
 
     Re-evaluates K finished trials of RUN_DIR with the run's stages and the --set overrides
@@ -576,7 +580,7 @@ def proxy_check_cmd(run_dir, top, sets, proxy_resolution, repeats, seed, stages,
     from .search_config import parse_stages
     result = proxy_check(run_dir, top, parse_sets(sets), proxy_resolution, repeats, budget, seed,
                          echo=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)),
-                         stages=parse_stages(stages) if stages is not None else None)
+                         stages=parse_stages(stages) if stages is not None else None, noise_ceiling=noise_ceiling)
     if as_json:
         return _emit_json(result.to_json())
     click.echo(result.table())

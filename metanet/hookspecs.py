@@ -62,7 +62,7 @@ def metanet_register_datasets(register):
 @hookspec
 def metanet_register_stages(register):
     """Register evaluation stages: ``register(name, run=None, defaults=None, description="",
-    trains_backbone=False, score_metric="acc", check=None)``.
+    trains_backbone=False, score_metric="acc", check=None, fidelity=False)``.
 
     Called once per plugin at load time. ``run(context)`` evaluates one candidate (``context`` is a
     :class:`metanet.stages.StageContext`) and returns a dict of metric name -> number: metrics
@@ -76,7 +76,10 @@ def metanet_register_stages(register):
     a run that declares one (``None``: never the default score). ``check(config, setup)``, optional,
     raises a ``metanet.errors.MetanetError`` before any trial when the stage cannot run with the
     search's or evaluation's ``setup`` (a dict: ``data``, ``proxy_resolution``, ``resolution``, ``space``,
-    ``flops``, ``band``). Without ``run``, the stage runs through :func:`metanet_run_stage`. Returns nothing.
+    ``flops``, ``band``). ``fidelity=True`` declares that the stage trains in steps that a multi-fidelity
+    search (``--fidelity MIN:MAX``) sets per rung: it gets ``context.fidelity`` and trains through
+    ``context.trainer(...)``, leaving its state with ``context.keep(key, trainer)`` so that a promoted trial
+    continues it. Without ``run``, the stage runs through :func:`metanet_run_stage`. Returns nothing.
     """
 
 

@@ -424,6 +424,10 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
         model_space = BudgetModelSpace(bspace, num_classes=0, img_size=cfg.proxy_resolution, seed=cfg.seed)
     warm_start(strategy, store, budget)
     middlewares = [Deduplication("replay"), screen]
+    if settings.get("fidelity") and settings["fidelity"]["scheduler"] in ("sh", "hyperband"):
+        from .fidelity import scheduler_middleware
+        from .run_dir import RunDir
+        middlewares.append(scheduler_middleware(RunDir(settings["run_dir"]), budget, settings, echo))
     if cfg.engine != "sequential":
         middlewares.append(trial_keeper(store))
     chain = Chain(strategy, *middlewares)

@@ -114,11 +114,13 @@ class Stage(Registered):
     the ``metanet_run_stage`` hook, as before. ``check`` (optional, a callable or ``"module:attr"``):
     ``check(config, setup)`` raises a :class:`metanet.errors.MetanetError` when the stage cannot run on
     what the search or evaluation is set up with (``setup``: data, proxy_resolution, resolution, space,
-    flops, band), so the user hears it before any trial, not once per failed trial.
+    flops, band), so the user hears it before any trial, not once per failed trial. ``fidelity``: the stage
+    trains in steps a multi-fidelity search sets per rung (``context.fidelity``) and continues across rungs.
     """
 
     kind: str = "stage"
-    OPTIONS: ClassVar[tuple[str, ...]] = ("defaults", "description", "trains_backbone", "score_metric", "check")
+    OPTIONS: ClassVar[tuple[str, ...]] = ("defaults", "description", "trains_backbone", "score_metric", "check",
+                                          "fidelity")
 
     def preflight(self, config: dict[str, Any], setup: dict[str, Any]) -> None:
         check = self.options.get("check")
@@ -144,6 +146,11 @@ class Stage(Registered):
     def score_metric(self) -> str | None:
         return self.options.get("score_metric", "acc")
 
+    @property
+    def fidelity(self) -> bool:
+        """Whether the stage trains in steps a multi-fidelity search sets per rung (and continues)."""
+        return bool(self.options.get("fidelity", False))
+
     def config(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """The defaults with ``overrides`` applied; an unknown key or a value of the wrong type is an error."""
         defaults = self.defaults
@@ -156,7 +163,7 @@ class Stage(Registered):
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "defaults": self.defaults, "trains_backbone": self.trains_backbone,
-                "score_metric": self.score_metric}
+                "score_metric": self.score_metric, "fidelity": self.fidelity}
 
 
 def coerce_setting(where: str, value: Any, default: Any) -> Any:

@@ -95,24 +95,31 @@ def results_rows(run: RunDir, top: int | None = None) -> list[dict]:
     test splits; with ``--repeats``, both are means over the seeds and ``score_std`` their spread.
     """
     keys = ("id", "budget", "status", "spec", "flops", "params", "score", "test_score", "metrics", "error",
-            "seconds", "seed", "proposal", "rewritten", "reward", "data", "repro")
+            "seconds", "seed", "proposal", "rewritten", "reward", "data", "repro", "rungs", "bracket")
     rows = []
     for r in run.by_budget(top, store=run.read_store()):
         row = {k: r.get(k) for k in keys}
         row["score_std"] = r["metrics"].get("score_std")
+        row["score_se"] = r["metrics"].get("score_se")
         row["repeats"] = int(r["metrics"].get("repeats", 1)) if r["status"] == OK else None
         rows.append(row)
     return rows
 
 
 def results_table(rows: list[dict]) -> str:
+    """One line per trial: ``val`` with its standard error (binomial over the validation images, or across
+    --repeats), and under a multi-fidelity search the rungs it climbed (steps of each) and the ladder."""
+    from .fidelity import ladder_table
     from .search_spaces.spec import ArchSpec, SpecError
-    lines = [f"{'id':>4} {'budget':>7} {'status':>7} {'FLOPs':>8} {'params':>8} {'val':>7} {'test':>7}  "
-             "layout / error"]
+    ladder = any(r.get("rungs") for r in rows)
+    lines = [f"{'id':>4} {'budget':>7} {'status':>7} {'FLOPs':>8} {'params':>8} {'val':>13} {'test':>7}  "
+             + (f"{'rungs (steps)':<16} " if ladder else "") + "layout / error"]
     for r in rows:
         score = f"{r['score']:.4f}" if r["score"] is not None else "-"
-        if r.get("score_std") is not None:
-            score = f"{r['score']:.3f}±{r['score_std']:.3f}"
+        spread = r.get("score_std") if r.get("score_std") is not None else r.get("score_se")
+        if r["score"] is not None and spread is not None:
+            score = f"{r['score']:.4f}±{spread:.4f}"
+        steps = "/".join(str(g["steps"]) for g in r.get("rungs") or [] if g.get("score") is not None)
         if r["status"] == FAILED:
             detail = r["error"]
         else:
@@ -121,9 +128,10 @@ def results_table(rows: list[dict]) -> str:
             except SpecError as exc:  # e.g. an operator of a plugin that is not loaded now
                 detail = str(exc)
         lines.append(f"{r['id']:>4} {format_flops(r['budget']):>7} {r['status']:>7} {format_flops(r['flops']):>8} "
-                     f"{format_flops(r['params']):>8} {score:>7} {_fmt(r.get('test_score')):>7}  "
-                     f"{(detail or '')[:100]}")
-    return "\n".join(lines)
+                     f"{format_flops(r['params']):>8} {score:>13} {_fmt(r.get('test_score')):>7}  "
+                     + (f"{steps or '-':<16} " if ladder else "") + f"{(detail or '')[:100]}")
+    table = ladder_table(rows)
+    return "\n".join(lines) + (f"\n{table}" if table else "")
 
 
 def operator_mix(rows: list[dict]) -> dict[int, dict[str, dict[str, float]]]:

@@ -43,6 +43,7 @@ def record(pm, s: dict[str, Any], data) -> dict[str, Any]:
         "settings": check_stages(pm, list(s["stages"]), s.get("settings")), "score": s.get("score"),
         "data": {"data": s["data"], "data_dir": s.get("data_dir"), "downstream": list(s.get("downstream") or []),
                  "proxy_resolution": s["proxy_resolution"], "val_fraction": s.get("val_fraction"),
+                 "min_val_images": s.get("min_val_images"),
                  "cache": s.get("cache", True), **bundle_fingerprint(data)},
         "runtime": {"accelerator": s.get("accelerator", "auto"), "precision": s.get("precision", "32"),
                     "devices": s.get("devices", 1), "compile": s.get("compile", False),
@@ -58,6 +59,7 @@ def settings_from(repro: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]
     return {**base, "seed": repro["seed"], "repeats": repro["repeats"], "stages": repro["stages"],
             "settings": repro["settings"], "score": repro["score"], "data": d["data"], "data_dir": d["data_dir"],
             "downstream": d["downstream"], "proxy_resolution": d["proxy_resolution"], "val_fraction": d["val_fraction"],
+            "min_val_images": d.get("min_val_images"),
             "cache": d["cache"], "accelerator": rt["accelerator"], "precision": rt["precision"], "devices": rt["devices"],
             "compile": rt["compile"], "deterministic": rt["deterministic"], "threads": rt["threads"]}
 

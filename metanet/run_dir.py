@@ -20,10 +20,16 @@ from .store import DONE, FAILED, OK, TrialStore
 KEEP_WEIGHTS = 3  # per budget: the trained backbones of the best trials, for export
 
 
+def top_steps(row: dict[str, Any]) -> int:
+    """The steps of the highest rung a trial of a multi-fidelity search finished (0 without a ladder)."""
+    return max((r["steps"] for r in row.get("rungs") or [] if r.get("score") is not None), default=0)
+
+
 def _score_order(row: dict[str, Any]) -> tuple:
-    """Finished trials first, best score first; failed and running after, by id."""
+    """Finished trials first; among them those that reached the highest rung of a multi-fidelity search
+    first (scores of different rungs are not comparable), best score first; failed and running after, by id."""
     finished = row["status"] == OK and row["score"] is not None
-    return (not finished, -(row["score"] if finished else 0.0), row["id"])
+    return (not finished, -top_steps(row) if finished else 0, -(row["score"] if finished else 0.0), row["id"])
 
 
 class RunDir:
@@ -134,12 +140,14 @@ class RunDir:
     def weights_path(self, trial_id: int) -> Path:
         return self.path / self.WEIGHTS / f"trial_{trial_id}.safetensors"
 
-    def kept(self, budget: int, trial_id: int | None = None, score: float | None = None) -> list[int]:
+    def kept(self, budget: int, trial_id: int | None = None, score: float | None = None, steps: int = 0) -> list[int]:
         """Ids of the trials whose weights are kept for ``budget``: the best finished ones, counting
-        ``trial_id`` with ``score`` as if it had finished (its row is written after its weights)."""
+        ``trial_id`` with ``score`` (at a rung of ``steps``) as if it had finished (its row is written after
+        its weights)."""
         rows = [r for r in self.ranked(budget, status=OK) if r["id"] != trial_id and r["score"] is not None]
         if trial_id is not None and score is not None:
-            rows.append({"id": trial_id, "status": OK, "score": score})
+            rows.append({"id": trial_id, "status": OK, "score": score,
+                         "rungs": [{"steps": steps, "score": score}] if steps else None})
         return [r["id"] for r in sorted(rows, key=_score_order)[:KEEP_WEIGHTS]]
 
     def save_weights(self, trial_id: int, weights: dict, stage: str, img_size: int) -> None:

@@ -46,6 +46,15 @@ def check_config(cfg: SearchConfig):
         from .stages import check_score_stages, default_score_weights
         check_score_stages(default_score_weights(cfg.final_stages, pm), cfg.final_stages)
     check_score(pm, cfg)
+    from . import fidelity
+    fidelity.check(cfg, pm)
+    note = validation_note(data)
+    if note:
+        data.notes.append(note)
+    if cfg.fidelity is None:
+        from .training import epoch_cap_notes
+        largest = max((len(sp.train) for sp in data.sources.values()), default=0)
+        data.notes.extend(epoch_cap_notes({n: configs[n] for n in cfg.stages if pm.stage(n).fidelity}, largest))
     from .search_spaces.budget_space import budget_space
     for b in cfg.flops:
         try:
@@ -63,6 +72,39 @@ def check_config(cfg: SearchConfig):
     from .stages import preflight_stages
     preflight_stages(pm, both, configs, stage_setup(cfg))
     return space, data
+
+
+def validation_note(data) -> str | None:
+    """The warning, once, when the validation splits are too small for the differences a search resolves:
+    below 1,000 images a score's binomial standard error exceeds 0.016 at 50% accuracy."""
+    import math
+    n = data.smallest_validation()
+    if not n or n >= 1000:
+        return None
+    se = 0.5 / math.sqrt(n)
+    return (f"warning: the smallest validation split has {n:,} images: a score's standard error reaches ±{se:.3f} "
+            f"(binomial, at 50% accuracy), so architectures closer than {2 * se:.3f} are ordered by chance; give more "
+            "images (--val-fraction, --min-val-images, more data) or --repeats")
+
+
+def close_call_notes(run: RunDir, budgets) -> list[str]:
+    """One line per budget whose best two trials (at the same rung) are closer than twice their standard error."""
+    import math
+    out = []
+    for b in budgets:
+        from .run_dir import top_steps
+        ranked = [r for r in run.ranked(b, status=OK) if r["score"] is not None]
+        if len(ranked) < 2 or top_steps(ranked[0]) != top_steps(ranked[1]):
+            continue
+        se = [r["metrics"].get("score_se") for r in ranked[:2]]
+        if None in se:
+            continue
+        gap, both = ranked[0]["score"] - ranked[1]["score"], math.sqrt(se[0] ** 2 + se[1] ** 2)
+        if gap < 2 * both:
+            out.append(f"note: under {format_flops(b)} the best two trials ({ranked[0]['id']}, {ranked[1]['id']}) differ by "
+                       f"{gap:.4f}, within twice their standard error ({both:.4f}): the data cannot tell them apart "
+                       "(metanet proxy-check RUN --noise-ceiling measures how well the proxy ranks)")
+    return out
 
 
 def final_phase(cfg: SearchConfig, run: RunDir, echo) -> dict[int, dict]:
@@ -123,7 +165,7 @@ def check_data(pm, cfg: SearchConfig):
     remote = cfg.engine == "ts" and cfg.training_service != "local"
     try:
         return trial_data(pm, cfg.data, cfg.proxy_resolution, cfg.seed, cfg.val_fraction, data_dir=cfg.data_dir,
-                          downstream=cfg.downstream, cache=cfg.cache and not remote)
+                          downstream=cfg.downstream, cache=cfg.cache and not remote, min_val_images=cfg.min_val_images)
     except MetanetError:
         raise
     except Exception as exc:  # what a loader raised would otherwise fail every trial the same way
@@ -245,6 +287,10 @@ def _run_locked(cfg: SearchConfig, run: RunDir, space, progress, echo) -> Search
     bar = Progress(store, total, enabled=sys.stderr.isatty() if progress is None else progress)
     echo(f"search: {cfg.strategy} over '{cfg.space}', budgets {', '.join(format_flops(b) for b in cfg.flops)}, "
          f"{cfg.trials} trials each, stages {','.join(cfg.stages)}; run directory {run.path}")
+    if cfg.fidelity is not None:
+        from .fidelity import Ladder, default_scheduler
+        echo(f"fidelity: {cfg.scheduler or default_scheduler(cfg.engine)}, eta {cfg.eta}, rungs "
+             f"{Ladder(*cfg.fidelity, cfg.eta).describe()} of the training stages")
     warning = attention_grid_warning(cfg, space)
     if warning:
         echo(f"warning: {warning}")
@@ -262,6 +308,9 @@ def _run_locked(cfg: SearchConfig, run: RunDir, space, progress, echo) -> Search
                 run.weights_path(row["id"]).unlink(missing_ok=True)  # written before a row that never came
                 evaluate_spec(ArchSpec.from_dict(row["spec"]), settings)
             repair_missing_weights(cfg, run, budget, settings, echo)
+            if settings.get("fidelity"):  # rungs a killed process had earned but not run
+                from .fidelity import resume_ladders
+                resume_ladders(run, budget, settings, echo)
             # Proposals that land on an architecture already evaluated count as NNI trials but add no
             # row (the stored score is replayed): run again, with a fresh strategy seed, until the
             # budget has its trials.
@@ -271,9 +320,14 @@ def _run_locked(cfg: SearchConfig, run: RunDir, space, progress, echo) -> Search
                     break
                 run_experiment(cfg, space, budget, cfg.trials - done, remote_settings, store, echo,
                                seed_offset=done + attempt)
+                if settings.get("fidelity"):  # a bracket the experiment left open when its trials ran out
+                    from .fidelity import resume_ladders
+                    resume_ladders(run, budget, settings, echo)
     finally:
         bar.close()
     summary = summarize(run)
+    for note in close_call_notes(run, cfg.flops):
+        echo(note)
     if cfg.final_stages and summary.finished:
         summary.final = final_phase(cfg, run, echo)
     best = {b: (r and {"id": r["id"], "flops": r["flops"], "score": r["score"], "spec": r["spec"]})

@@ -120,6 +120,16 @@ def parse_stages(value, name="stages"):
     return out
 
 
+def _fidelity(value, name):
+    from .fidelity import parse_fidelity
+    return parse_fidelity(value, name)
+
+
+def _optional_choice(options: tuple[str, ...]) -> Callable:
+    parse = _choice(options)
+    return lambda value, name: None if value is None else parse(value, name)
+
+
 def _optional_stages(value, name):
     return None if value is None else parse_stages(value, name)
 
@@ -231,6 +241,15 @@ class SearchConfig:
     settings: dict[str, dict[str, Any]] = option({}, _settings, "Stage settings, {stage: {key: value}}.")
     score: dict[str, float] | None = option(None, _score, "Score as weighted metrics, e.g. downstream.acc=1 "
                                             "(default: the last scoring stage's metric).", "--score")
+    fidelity: tuple[int, int] | None = option(None, _fidelity, "Multi-fidelity search over the training steps of the "
+                                              "training stages, MIN:MAX (e.g. 20:180): trials climb a ladder of "
+                                              "rungs MAX/eta^k and the best are continued from their checkpoints.",
+                                              "--fidelity")
+    eta: int = option(3, _integer(2), "Reduction factor of the fidelity ladder: a third (eta 3) of a rung goes on.",
+                      "--eta", type="int>=2")
+    scheduler: str | None = option(None, _optional_choice(("sh", "hyperband", "asha")),
+                                   "sh, hyperband or asha (default: sh on the sequential engine, asha on ts).",
+                                   "--scheduler", type="choice:sh,hyperband,asha")
     final_stages: list[str] = option([], _final_stages, "A second phase: after the search, re-evaluate the best "
                                      "--final-top trials of each budget with these stages (e.g. amateur,expert,"
                                      "generalist,downstream after --stages supernet); both scores are reported.",
@@ -252,6 +271,9 @@ class SearchConfig:
     val_fraction: float = option(0.2, _fraction, "Share of each training set held out for validation: rewards "
                                  "are computed on it, test sets are only reported.", "--val-fraction",
                                  type="fraction")
+    min_val_images: int = option(1000, _integer(0), "A carved validation split holds at least this many images "
+                                 "(at most a quarter of the training set): fewer cannot resolve small differences.",
+                                 "--min-val-images", type="int>=0")
     accelerator: str = option("auto", _choice(ACCELERATORS), "Where trials train (auto: a GPU when the trial "
                               "sees one).", "--accelerator", type="choice:" + ",".join(ACCELERATORS))
     precision: str = option("32", _choice(PRECISIONS), "Training precision of the stages (Lightning Fabric's; "

@@ -38,6 +38,21 @@ class StageContext:
     seed: int = 0
     runtime: Any = None       # the evaluation's metanet.runtime.Runtime (its Fabric: device and precision)
     stage: str = ""           # the name this stage runs under (what its seeds derive from)
+    # a rung of a multi-fidelity search (metanet.training.Fidelity) for a stage registered with fidelity=True;
+    # None: the stage trains as its settings say
+    fidelity: Any = None
+
+    def trainer(self, modules: dict[str, nn.Module], n_examples: int, key: str = "", generators=None,
+                lr: float | None = None):
+        """The step loop of this stage's training (:class:`metanet.training.StageTrainer`): its settings'
+        steps, or the search's rung continued from the previous rung's state under ``key``."""
+        from .training import StageTrainer
+        return StageTrainer(modules, self.config, n_examples, self.fidelity, lr=lr, generators=generators, key=key)
+
+    def keep(self, key: str, trainer) -> None:
+        """Leave ``trainer``'s state for the next rung of a multi-fidelity search (nothing without one)."""
+        if self.fidelity is not None:
+            self.state.setdefault(self.stage, {}).setdefault("resume", {})[key] = trainer.state()
 
     def seed_for(self, *names) -> int:
         """A seed for one purpose of this stage (``"batches", source``, ``"head", task`` ...), derived from
@@ -88,6 +103,11 @@ class TrialResult:
     test_score: float | None = None  # the same combination of the test-split metrics: reported, never optimised
 
     @property
+    def resume(self) -> dict[str, dict]:
+        """What the fidelity stages left to continue from at the next rung: {stage: {key: state}}."""
+        return {name: st["resume"] for name, st in self.state.items() if isinstance(st, dict) and "resume" in st}
+
+    @property
     def backbone_weights(self) -> dict | None:
         return self.state[self.backbone_stage]["weights"] if self.backbone_stage else None
 
@@ -134,6 +154,16 @@ def combine_score(metrics: dict[str, float], weights: dict[str, float]) -> float
     if missing:
         raise ConfigError(f"score: metric {missing[0]!r} was not produced (have: {', '.join(sorted(metrics))})")
     return float(sum(metrics[k] * w for k, w in weights.items()))
+
+
+def combine_se(metrics: dict[str, float], weights: dict[str, float]) -> float | None:
+    """The score's standard error from its metrics' (``METRIC_se``, e.g. binomial over validation images),
+    taken as independent: ``sqrt(sum (w se)^2)``; None when no metric of the score has one."""
+    import math
+    ses = [(w, metrics.get(f"{k}_se")) for k, w in weights.items()]
+    if all(se is None for _, se in ses):
+        return None
+    return math.sqrt(sum((w * se) ** 2 for w, se in ses if se is not None))
 
 
 def test_metric(name: str) -> str:
@@ -200,7 +230,8 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
                        seed: int = 0, device: str | torch.device | None = None,
                        trial: dict[str, Any] | None = None, model: nn.Module | None = None,
                        accelerator: str = "auto", precision: str = "32", devices: int = 1,
-                       compile: bool = False, deterministic: bool = False) -> TrialResult:
+                       compile: bool = False, deterministic: bool = False,
+                       fidelity: tuple[int, int] | None = None, resume: dict[str, dict] | None = None) -> TrialResult:
     """Run ``stages`` in order on ``spec``; never raises for a failing stage (the result says failed).
 
     ``model``: the backbone already built from ``spec`` (no classifier, at the data's resolution, just
@@ -208,7 +239,9 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
     ``precision`` (``32``, ``bf16-mixed``, ``16-mixed``) set the evaluation's Fabric (:mod:`metanet.runtime`):
     with ``devices > 1`` the stages run data-parallel in that many processes; ``compile`` runs the stages'
     forward passes through ``torch.compile``; ``deterministic`` asks GPUs for deterministic kernels (CPUs always
-    use them). ``device``, when given, overrides the accelerator. Every stage draws its randomness from
+    use them). ``fidelity`` = (steps, max_steps): a rung of a multi-fidelity search for the stages registered
+    with ``fidelity=True``, continued from ``resume`` (the result's :attr:`TrialResult.resume` of the previous
+    rung). ``device``, when given, overrides the accelerator. Every stage draws its randomness from
     generators seeded by (``seed``, stage, and its own names: source, task, purpose), so the same call gives
     the same metrics, and a stage's numbers do not depend on the stages before it (:mod:`metanet.seeds`).
     """
@@ -234,7 +267,8 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
         with seeded(seed):  # the initialisation is a function of the seed alone; the caller's generators stay
             model = MetaNet(spec, num_classes=0, img_size=data.resolution)
     try:
-        state, metrics, backbone, error = runtime.launch(_run_stages, pm, stages, configs, model, spec, data, seed)
+        state, metrics, backbone, error = runtime.launch(_run_stages, pm, stages, configs, model, spec, data, seed,
+                                                         fidelity, resume)
     except ConfigError as exc:  # the ranks could not start
         state, metrics, backbone, error = {}, {}, None, _error_record(None, None, exc)
     if error is None:
@@ -248,6 +282,9 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
         return result
     test_score = combine_test_score(metrics, weights)
     metrics["score"] = score
+    se = combine_se(metrics, weights)
+    if se is not None:
+        metrics["score_se"] = se
     if test_score is not None:
         metrics["test_score"] = test_score
     result = TrialResult(OK, metrics, score, None, state, time.perf_counter() - start, backbone, test_score)
@@ -261,7 +298,8 @@ def _error_record(stage: str | None, plugin: str | None, exc: BaseException) -> 
 
 
 def _run_stages(pm: PluginManager, stages: list[str], configs: dict[str, dict], model: nn.Module, spec,
-                data: DataBundle, seed: int) -> tuple[dict, dict, str | None, dict | None]:
+                data: DataBundle, seed: int, fidelity: tuple[int, int] | None = None,
+                resume: dict[str, dict] | None = None) -> tuple[dict, dict, str | None, dict | None]:
     """The stage loop, in the evaluation's process or in each of its ranks (under the current runtime):
     (state, metrics, the last stage that trained the backbone, error or None)."""
     from .runtime import current
@@ -277,7 +315,12 @@ def _run_stages(pm: PluginManager, stages: list[str], configs: dict[str, dict], 
     try:
         for current_stage in stages:
             stage = pm.stage(current_stage)
-            ctx = StageContext(model, spec, data, configs[current_stage], state, device, seed, runtime, current_stage)
+            rung = None
+            if fidelity is not None and stage.fidelity:
+                from .training import Fidelity
+                rung = Fidelity(fidelity[0], fidelity[1], (resume or {}).get(current_stage))
+            ctx = StageContext(model, spec, data, configs[current_stage], state, device, seed, runtime, current_stage,
+                               rung)
             # each stage draws from generators seeded by (seed, stage): what ran before it cannot change its numbers
             with runtime.active(), seeded(derive(seed, "stage", current_stage), device), \
                     deterministic_algorithms(runtime.deterministic or device.type == "cpu"):
@@ -316,6 +359,8 @@ def evaluate_repeated(spec, stages: list[str], data: DataBundle, *, repeats: int
         if all(v is not None for v in values):
             mean = sum(values) / repeats
             metrics[f"{name}_std"] = (sum((v - mean) ** 2 for v in values) / (repeats - 1)) ** 0.5
+    if "score_std" in metrics:  # across seeds: the standard error of their mean
+        metrics["score_se"] = metrics["score_std"] / repeats ** 0.5
     metrics["repeats"] = float(repeats)
     return TrialResult(OK, metrics, metrics["score"], None, first.state, sum(r.seconds for r in results),
                        first.backbone_stage, metrics.get("test_score"))

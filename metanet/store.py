@@ -36,7 +36,9 @@ CREATE TABLE IF NOT EXISTS trials (
     reward REAL,                       -- what the strategy received (the score, or the soft-constraint reward)
     test_score REAL,                   -- the score's formula on the test splits: reported, never optimised
     data TEXT,                         -- how the trial got its data (images, decoded here, cache, seconds), JSON
-    repro TEXT                         -- what re-runs it exactly (metanet.reproduce.record), JSON
+    repro TEXT,                        -- what re-runs it exactly (metanet.reproduce.record), JSON
+    rungs TEXT,                        -- multi-fidelity: every rung it finished (steps, score ...), JSON list
+    bracket INTEGER                    -- multi-fidelity (sh, hyperband): the bracket it belongs to
 );
 CREATE INDEX IF NOT EXISTS trials_budget ON trials (budget, status);
 CREATE TABLE IF NOT EXISTS counters (budget INTEGER, name TEXT, value INTEGER, PRIMARY KEY (budget, name));
@@ -72,7 +74,8 @@ class TrialStore:
                 db.executescript(SCHEMA)
                 have = {row["name"] for row in db.execute("PRAGMA table_info(trials)")}
                 for column, kind in (("proposal", "TEXT"), ("rewritten", "INTEGER"), ("reward", "REAL"),
-                                     ("test_score", "REAL"), ("data", "TEXT"), ("repro", "TEXT")):
+                                     ("test_score", "REAL"), ("data", "TEXT"), ("repro", "TEXT"), ("rungs", "TEXT"),
+                                     ("bracket", "INTEGER")):
                     if column not in have:  # a run written before these columns existed
                         db.execute(f"ALTER TABLE trials ADD COLUMN {column} {kind}")
 
@@ -120,12 +123,23 @@ class TrialStore:
 
     def finish(self, trial_id: int, status: str, metrics: dict, score: float | None, error: str | None,
                seconds: float, reward: float | None = None, test_score: float | None = None,
-               data: dict | None = None, repro: dict | None = None) -> None:
+               data: dict | None = None, repro: dict | None = None, rungs: list | None = None,
+               bracket: int | None = None) -> None:
         with self._connect() as db:
             db.execute("UPDATE trials SET status=?, metrics=?, score=?, error=?, seconds=?, ended=?, reward=?, "
-                       "test_score=?, data=?, repro=? WHERE id=?",
+                       "test_score=?, data=?, repro=?, rungs=?, bracket=COALESCE(?, bracket) WHERE id=?",
                        (status, json.dumps(metrics), score, error, seconds, time.time(), reward, test_score,
-                        _json_or_null(data), _json_or_null(repro), trial_id))
+                        _json_or_null(data), _json_or_null(repro), _json_or_null(rungs), bracket, trial_id))
+
+    def set_rungs(self, trial_id: int, rungs: list) -> None:
+        """A trial's rungs alone (a failed continuation, or asha's decision), its result unchanged."""
+        with self._connect() as db:
+            db.execute("UPDATE trials SET rungs=? WHERE id=?", (json.dumps(rungs), trial_id))
+
+    def next_bracket(self, budget: int) -> int:
+        with self._connect() as db:
+            row = db.execute("SELECT MAX(bracket) AS b FROM trials WHERE budget=?", (budget,)).fetchone()
+        return (row["b"] + 1) if row and row["b"] is not None else 0
 
     def record(self, row: dict[str, Any]) -> int:
         """A finished trial evaluated elsewhere (a remote machine), written whole in one transaction."""
@@ -169,6 +183,7 @@ class TrialStore:
                 d["proposal"] = json.loads(d["proposal"]) if d.get("proposal") else None
                 d["data"] = json.loads(d["data"]) if d.get("data") else None
                 d["repro"] = json.loads(d["repro"]) if d.get("repro") else None
+                d["rungs"] = json.loads(d["rungs"]) if d.get("rungs") else None
             except (TypeError, ValueError) as exc:
                 raise self._damaged(ValueError(f"trial {d.get('id')}: {exc}")) from None
             if not isinstance(d["spec"], dict) or not isinstance(d["metrics"], dict):

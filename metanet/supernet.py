@@ -49,6 +49,7 @@ class SupernetSettings:
     cache: bool = True               # decode the images once (False: per step, for data larger than memory)
     source: str | None = None        # upstream label source it learns (default: the data's first)
     val_fraction: float = 0.2
+    min_val_images: int = 1000
     steps: int = 400
     batch_size: int = 32
     lr: float = 2e-3
@@ -156,7 +157,7 @@ def budget_spaces(settings: SupernetSettings, pm=None):
 def _data(settings: SupernetSettings, pm):
     from .trial import trial_data
     data = trial_data(pm, settings.data, settings.proxy_resolution, settings.seed, settings.val_fraction,
-                      data_dir=settings.data_dir, cache=settings.cache)
+                      data_dir=settings.data_dir, cache=settings.cache, min_val_images=settings.min_val_images)
     sources = data.require_sources([settings.source] if settings.source else None)
     name = settings.source or next(iter(sources))
     return data, name, sources[name]

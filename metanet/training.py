@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -76,60 +77,57 @@ def loader_options(ds: Dataset, device=None) -> dict:
     return {"num_workers": workers, "pin_memory": torch.device(device or "cpu").type == "cuda"}
 
 
-class SeededSampler(torch.utils.data.Sampler):
-    """The indices of ``base``, each with a seed for its augmentation drawn from ``generator`` in this
-    process: a view's augmented images then depend on the stream's seed only, with or without workers."""
+class StreamSampler(torch.utils.data.Sampler):
+    """An endless stream of shuffled indices, a pure function of ``seed`` and the position in the stream.
 
-    def __init__(self, base, generator: torch.Generator):
-        self.base, self.generator = base, generator
+    Epoch ``e`` is a permutation drawn from its own generator (``seed``, ``e``); global batch ``b`` of it is
+    ``batch`` consecutive indices (a last, partial batch is dropped), of which this rank takes its ``batch //
+    world`` share; with ``seeded``, each index comes with the seed of its augmentation (``seed``, ``e``, ``b``,
+    position). So a stream started at batch ``start`` continues exactly where one that drew ``start``
+    batches would be, without touching the data: what a resumed training stage needs.
+    """
+
+    def __init__(self, n: int, batch: int, seed: int, start: int = 0, world: int = 1, rank: int = 0,
+                 seeded: bool = False):
+        self.n, self.batch, self.seed, self.start = n, max(1, min(batch, n)), seed, start
+        self.world, self.rank, self.seeded = world, rank, seeded
+        self.per_rank = max(1, self.batch // world)
+        self.per_epoch = max(1, n // self.batch)
 
     def __iter__(self):
-        for i in self.base:
-            yield i, int(torch.randint(0, 2**62, (), generator=self.generator))
+        from .seeds import derive
+        epoch, b = divmod(self.start, self.per_epoch)
+        while True:
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(derive(self.seed, "order", epoch)))
+            for b in range(b, self.per_epoch):
+                lo = b * self.batch + self.rank * self.per_rank
+                for j, i in enumerate(perm[lo:lo + self.per_rank].tolist()):
+                    yield (i, derive(self.seed, "augment", epoch, b, self.rank * self.per_rank + j)) if self.seeded \
+                        else i
+            epoch, b = epoch + 1, 0
 
-    def __len__(self) -> int:
-        return len(self.base)
 
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.base, "set_epoch"):
-            self.base.set_epoch(epoch)
-
-
-def batches(ds: Dataset, batch_size: int, seed: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(ds: Dataset, batch_size: int, seed: int, device, start: int = 0) -> Iterator[tuple[torch.Tensor,
+                                                                                                torch.Tensor]]:
     """An endless stream of shuffled batches (reshuffled every epoch) from one loader whose workers,
     if the data has them, live as long as the stream.
 
-    The order and, for image views, the augmentation come from generators seeded with ``seed`` alone.
-    In a data-parallel evaluation each rank gets its shard of every global batch of ``batch_size``
-    (a ``DistributedSampler`` over the same seeded permutation), so the ranks together take the steps
-    one process would.
+    The order and, for image views, the augmentation come from ``seed`` alone (:class:`StreamSampler`);
+    ``start`` skips the first ``start`` batches without loading them, so a resumed stage draws what it would
+    have drawn. In a data-parallel evaluation each rank gets its shard of every global batch of
+    ``batch_size``, so the ranks together take the steps one process would.
     """
-    from torch.utils.data import RandomSampler
-
     from .runtime import current
-    from .seeds import derive
     runtime = current()
     options = loader_options(ds, device)
-    world = runtime.world_size if runtime is not None and runtime.distributed else 1
-    size = max(1, min(batch_size, len(ds)) // world)
-    if world > 1:
-        from torch.utils.data import DistributedSampler
-        sampler = DistributedSampler(ds, num_replicas=world, rank=runtime.rank, shuffle=True, seed=seed,
-                                     drop_last=True)
-    else:
-        sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed))
-    if getattr(ds, "seeded_items", False):  # not through a Subset: it indexes with the item as it is
-        sampler = SeededSampler(sampler, torch.Generator().manual_seed(derive(seed, "augment", runtime.rank
-                                                                              if world > 1 else 0)))
-    loader = DataLoader(ds, batch_size=size, sampler=sampler, drop_last=True, persistent_workers=bool(options),
+    distributed = runtime is not None and runtime.distributed
+    world, rank = (runtime.world_size, runtime.rank) if distributed else (1, 0)
+    # a Subset indexes with the item as it is, so only views themselves take (index, seed) items
+    sampler = StreamSampler(len(ds), batch_size, seed, start, world, rank, getattr(ds, "seeded_items", False))
+    loader = DataLoader(ds, batch_size=sampler.per_rank, sampler=sampler, persistent_workers=bool(options),
                         **options)
-    epoch = 0
-    while True:
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        for x, y in loader:
-            yield x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
-        epoch += 1
+    for x, y in loader:
+        yield x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
 
 
 def _innermost(ds: Dataset) -> Dataset:
@@ -138,15 +136,12 @@ def _innermost(ds: Dataset) -> Dataset:
     return ds
 
 
-def source_streams(sources: dict, cfg: dict, seed: int, device) -> tuple[dict[str, Iterator], int]:
+def source_streams(sources: dict, cfg: dict, seed: int, device, start: int = 0) -> dict[str, Iterator]:
     """One batch stream per label source, each seeded by ``seed`` and its name (so adding or reordering sources
-    changes no other source's batches), and the step count for ``cfg``'s epochs over the largest."""
+    changes no other source's batches), starting after ``start`` batches (a resumed stage)."""
     from .seeds import derive
-    streams = {name: batches(split.train, cfg["batch_size"], derive(seed, name), device)
-               for name, split in sources.items()}
-    steps = total_steps(max(len(s.train) for s in sources.values()), cfg["batch_size"], cfg["epochs"],
-                        cfg["max_steps"])
-    return streams, steps
+    return {name: batches(split.train, cfg["batch_size"], derive(seed, name), device, start=start)
+            for name, split in sources.items()}
 
 
 @torch.no_grad()
@@ -161,21 +156,40 @@ def evaluate(model: nn.Module, head: nn.Module, ds: Dataset, device, batch_size:
     return correct / max(total, 1)
 
 
+def binomial_se(accuracy: float, n: int) -> float:
+    """The standard error of an accuracy measured on ``n`` images, ``sqrt(p (1 - p) / n)`` (``p`` kept half an
+    image from 0 and 1, so a perfect score on few images does not claim to be exact)."""
+    if n <= 0:
+        return float("nan")
+    p = min(max(accuracy, 0.5 / n), 1 - 0.5 / n)
+    return math.sqrt(p * (1 - p) / n)
+
+
 def evaluate_split(model: nn.Module, head: nn.Module, split, device) -> dict[str, float]:
-    """``acc`` on the split's validation set (what rewards see) and ``test_acc`` on its test set (reported)."""
+    """``acc`` on the split's validation set (what rewards see) with its standard error ``acc_se`` (binomial
+    over the validation images), and ``test_acc`` on its test set (reported)."""
     if split.val is None:
         from .errors import DataError
         raise DataError("the split has no validation set (load data with metanet.data.load_data, or call "
                         "DataBundle.with_validation)")
-    return {"acc": evaluate(model, head, split.val, device), "test_acc": evaluate(model, head, split.test, device)}
+    acc = evaluate(model, head, split.val, device)
+    return {"acc": acc, "acc_se": binomial_se(acc, len(split.val)),
+            "test_acc": evaluate(model, head, split.test, device)}
+
+
+def mean_of(key: str, values: list[float]) -> float:
+    """The mean of a metric over sources or tasks; for a standard error (``*_se``), that of the mean of
+    independent measurements, ``sqrt(sum se^2) / n``."""
+    if key.endswith("_se"):
+        return math.sqrt(sum(v * v for v in values)) / len(values)
+    return sum(values) / len(values)
 
 
 def averaged(per_part: dict[str, dict[str, float]]) -> dict[str, float]:
     """``{part: {metric: v}}`` -> ``{part.metric: v}`` plus each metric's mean over the parts."""
     out = {f"{part}.{k}": v for part, values in per_part.items() for k, v in values.items()}
     for k in {k for values in per_part.values() for k in values}:
-        vals = [values[k] for values in per_part.values() if k in values]
-        out[k] = sum(vals) / len(vals)
+        out[k] = mean_of(k, [values[k] for values in per_part.values() if k in values])
     return out
 
 
@@ -256,6 +270,7 @@ class Schedule:
         from .runtime import current
         self.runtime = current()
         # through the evaluation's Fabric when there is one: its precision scales (fp16) and unscales losses
+        self.base = base
         self.opt = self.runtime.fabric.setup_optimizers(base) if self.runtime else base
         if self.runtime is not None:
             self.runtime.broadcast_state(self.modules)  # every rank starts from rank 0's weights, as DDP does
@@ -323,17 +338,124 @@ def place(model: nn.Module, device) -> nn.Module:
 
 
 def train_classifier(model: nn.Module, head: nn.Module, ds: Dataset, cfg: dict, seed: int, device,
-                     lr: float | None = None, epochs: float | None = None, max_steps: int | None = None) -> LossLog:
-    """Supervised training of backbone + head with cross entropy; returns the loss log."""
+                     lr: float | None = None, epochs: float | None = None, max_steps: int | None = None,
+                     context=None, key: str = "") -> "StageTrainer":
+    """Supervised training of backbone + head with cross entropy; returns its trainer (``.summary()``).
+
+    With a stage ``context`` the training follows the search's fidelity (a rung's steps, continued from the
+    previous rung's state under ``key``) and leaves its state for the next rung."""
     model.train()
     head.train()
-    steps = total_steps(len(ds), cfg["batch_size"], epochs if epochs is not None else cfg["epochs"],
-                        max_steps if max_steps is not None else cfg.get("max_steps"))
-    schedule = Schedule([model, head], cfg, steps, lr)
-    stream = batches(ds, cfg["batch_size"], seed, device)
-    log = LossLog()
-    for _ in range(steps):
+    trainer = StageTrainer({"model": model, "head": head}, cfg, len(ds), context.fidelity if context else None,
+                           lr=lr, epochs=epochs, max_steps=max_steps, key=key)
+    stream = batches(ds, cfg["batch_size"], seed, device, start=trainer.start)
+    for _ in trainer.steps():
         x, y = next(stream)
-        loss = F.cross_entropy(head(features(model, x)), y, label_smoothing=cfg.get("label_smoothing", 0.0))
-        schedule.step(loss, log)
-    return log
+        trainer.step(F.cross_entropy(head(features(model, x)), y, label_smoothing=cfg.get("label_smoothing", 0.0)))
+    if context is not None:
+        context.keep(key, trainer)
+    return trainer
+
+
+@dataclass
+class Fidelity:
+    """A rung of a multi-fidelity search, as a training stage sees it: train to ``steps`` (cumulative) of a
+    schedule defined over ``max_steps`` (so stopping at a rung and continuing equals training straight on),
+    continuing from ``resume`` (the stage's states at the previous rung, by key) when given."""
+
+    steps: int
+    max_steps: int
+    resume: dict[str, dict] | None = None
+
+
+def _cpu(obj):
+    """``obj`` with every tensor in it copied to the CPU (what a checkpoint holds)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+class StageTrainer:
+    """The step loop of a training stage: its schedule, how many steps it takes, and the state that lets a
+    promoted trial continue where it stopped.
+
+    Without a fidelity the stage trains ``min(max_steps, epochs over n_examples)`` steps, as its settings
+    say, and :meth:`summary` reports when ``epochs`` capped the steps asked (``capped_by_epochs``). At a
+    rung of a multi-fidelity search it trains to the rung's steps of a schedule over the ladder's maximum,
+    never capped by epochs; :meth:`state` (modules, optimiser, schedule position, losses, the step, the
+    random generators) is what :meth:`load` continues from at the next rung.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], cfg: dict, n_examples: int, fidelity: Fidelity | None = None,
+                 lr: float | None = None, epochs: float | None = None, max_steps: int | None = None,
+                 generators: dict[str, torch.Generator] | None = None, key: str = ""):
+        self.modules, self.generators, self.key = modules, dict(generators or {}), key
+        if fidelity is not None:
+            schedule_steps, self.stop, self.asked, self.capped = fidelity.max_steps, fidelity.steps, fidelity.steps, False
+        else:
+            self.asked = max_steps if max_steps is not None else cfg.get("max_steps")
+            steps = total_steps(n_examples, cfg["batch_size"], cfg["epochs"] if epochs is None else epochs, self.asked)
+            schedule_steps = self.stop = steps
+            self.capped = bool(self.asked) and steps < self.asked
+        self.schedule = Schedule(list(modules.values()), cfg, schedule_steps, lr)
+        self.log = LossLog()
+        self.start = 0
+        resume = (fidelity.resume or {}).get(key) if fidelity is not None else None
+        if resume is not None:
+            self.load(resume)
+
+    def steps(self) -> range:
+        return range(self.start, self.stop)
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.schedule.step(loss, self.log)
+
+    def state(self) -> dict:
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        return {"modules": {n: state_to_cpu(m) for n, m in self.modules.items()},
+                "optimizer": _cpu(self.schedule.base.state_dict()), "updates": self.schedule.updates,
+                "log": list(self.log.values), "step": self.stop, "rng": rng,
+                "generators": {n: g.get_state() for n, g in self.generators.items()}}
+
+    def load(self, state: dict) -> None:
+        for name, module in self.modules.items():
+            module.load_state_dict(state["modules"][name])
+        self.schedule.base.load_state_dict(state["optimizer"])
+        self.schedule.updates = int(state["updates"])
+        if self.schedule.scheduler is not None:
+            self.schedule.scheduler.step_update(self.schedule.updates)
+        self.log.values = [float(v) for v in state["log"]]
+        self.start = min(int(state["step"]), self.stop)
+        torch.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        for name, g in self.generators.items():
+            g.set_state(state["generators"][name])
+
+    def summary(self) -> dict[str, float]:
+        out = self.log.summary() if self.log.values else {"train_steps": 0.0}
+        if self.asked:
+            out["steps_asked"] = float(self.asked)
+            out["capped_by_epochs"] = float(self.capped)
+        return out
+
+
+def epoch_cap_notes(configs: dict[str, dict], largest_source: int) -> list[str]:
+    """One line per stage whose ``epochs`` cap the ``max_steps`` asked, over the largest upstream source
+    (the stages that train on sources), said once before any training."""
+    notes = []
+    for stage, cfg in configs.items():
+        if not all(k in cfg for k in ("epochs", "max_steps", "batch_size")) or not cfg["max_steps"] or not largest_source:
+            continue
+        steps = total_steps(largest_source, cfg["batch_size"], cfg["epochs"], cfg["max_steps"])
+        if steps < cfg["max_steps"]:
+            notes.append(f"{stage}: max_steps={cfg['max_steps']} asked, but epochs={cfg['epochs']:g} over "
+                         f"{largest_source:,} images in batches of {cfg['batch_size']} caps it at {steps} steps "
+                         f"(--set {stage}.epochs=inf trains the steps asked)")
+    return notes

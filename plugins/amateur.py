@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from metanet.training import (LossLog, Schedule, augment, averaged, evaluate_split, features, linear_head, nt_xent,
-                              source_streams, state_to_cpu)
+from metanet.training import (augment, averaged, evaluate_split, features, linear_head, nt_xent, source_streams,
+                              state_to_cpu)
 
 
 def run(context):
@@ -24,11 +24,11 @@ def run(context):
             heads[s] = linear_head(nf, split.num_classes, device)
     with context.seeded("projection"):
         proj = nn.Sequential(nn.Linear(nf, nf // 2), nn.ReLU(), nn.Linear(nf // 2, cfg["projection_dim"])).to(device)
-    streams, steps = source_streams(sources, cfg, context.seed_for("batches"), device)
-    schedule = Schedule([model, heads, proj], cfg, steps)
     g = context.generator("contrastive views")
-    log = LossLog()
-    for _ in range(steps):
+    trainer = context.trainer({"model": model, "heads": heads, "projection": proj},
+                              max(len(split.train) for split in sources.values()), generators={"views": g})
+    streams = source_streams(sources, cfg, context.seed_for("batches"), device, start=trainer.start)
+    for _ in trainer.steps():
         loss = 0.0
         images = None
         for s, stream in streams.items():
@@ -39,8 +39,9 @@ def run(context):
             z1 = proj(features(model, augment(images, g)))
             z2 = proj(features(model, augment(images, g)))
             loss = loss + cfg["contrastive_weight"] * nt_xent(z1, z2, cfg["temperature"])
-        schedule.step(loss, log)
+        trainer.step(loss)
+    context.keep("", trainer)
     metrics = averaged({s: evaluate_split(model, heads[s], split, device) for s, split in sources.items()})
-    metrics.update(log.summary())
-    context.state["amateur"] = {"weights": state_to_cpu(model), "heads": state_to_cpu(heads)}
+    metrics.update(trainer.summary())
+    context.state.setdefault("amateur", {}).update(weights=state_to_cpu(model), heads=state_to_cpu(heads))
     return metrics

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from metanet.data import for_eval, subset
-from metanet.training import (LossLog, batches, evaluate_split, extract, linear_head, make_optimizer, optimizer_step,
-                              train_classifier)
+from metanet.training import (LossLog, batches, binomial_se, evaluate_split, extract, linear_head, make_optimizer,
+                              mean_of, optimizer_step, train_classifier)
 
 
 def stratified_fraction(labels: torch.Tensor, fraction: float, seed: int) -> list[int]:
@@ -62,6 +62,7 @@ class _Frozen:
         out = {}
         for key, (x, y) in (("acc", self.val), ("test_acc", self.test)):
             out[key] = float((head(x.to(device)).argmax(-1).cpu() == y).float().mean())
+        out["acc_se"] = binomial_se(out["acc"], len(self.val[1]))
         return out
 
 
@@ -99,7 +100,7 @@ def _scratch(context, split, cfg, seed, device) -> dict[str, float]:
     log = train_classifier(fresh, head, split.train, {**cfg, "optimizer": "adamw"}, seed, device,
                            lr=cfg["scratch_lr"], epochs=cfg["scratch_epochs"], max_steps=cfg["scratch_max_steps"])
     out = _named("scratch100_", evaluate_split(fresh, head, split, device))
-    out["scratch100_steps"] = float(len(log.values))
+    out["scratch100_steps"] = float(len(log.log.values))
     return out
 
 
@@ -115,7 +116,7 @@ def run(context):
     metrics = {f"{n}.{k}": v for n, m in per_task.items() for k, v in m.items()}
     for key in per_task[next(iter(per_task))]:
         if key not in ("labels_used", "fixed_subset", "scratch100_steps"):
-            metrics[key] = sum(m[key] for m in per_task.values()) / len(per_task)
+            metrics[key] = mean_of(key, [m[key] for m in per_task.values()])
     context.state["downstream"] = {"backbone": origin}
     return metrics
 

@@ -13,14 +13,15 @@ def run(context):
             head = linear_head(model.num_features, split.num_classes, device)
             if f"{s}.weight" in amateur_heads:  # keep the amateur's head for this source
                 head.load_state_dict({"weight": amateur_heads[f"{s}.weight"], "bias": amateur_heads[f"{s}.bias"]})
-            log = train_classifier(model, head, split.train, cfg, context.seed_for("batches", s), device)
+            trainer = train_classifier(model, head, split.train, cfg, context.seed_for("batches", s), device,
+                                       context=context, key=s)
         per_source[s] = evaluate_split(model, head, split, device)
-        summary = log.summary()
+        summary = trainer.summary()
         firsts.append(summary["train_loss_first"])
         lasts.append(summary["train_loss_last"])
         experts[s] = {"weights": state_to_cpu(model), "head": state_to_cpu(head), "origin": origin}
     metrics = averaged(per_source)
     metrics["train_loss_first"] = sum(firsts) / len(firsts)
     metrics["train_loss_last"] = sum(lasts) / len(lasts)
-    context.state["expert"] = {"experts": experts}
+    context.state.setdefault("expert", {})["experts"] = experts
     return metrics

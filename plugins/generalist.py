@@ -10,8 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from metanet.training import (LossLog, Schedule, averaged, evaluate_split, features, linear_head, source_streams,
-                              state_to_cpu)
+from metanet.training import averaged, evaluate_split, features, linear_head, source_streams, state_to_cpu
 
 
 def run(context):
@@ -32,11 +31,10 @@ def run(context):
         th.load_state_dict(experts[s]["head"])
         teacher_heads[s] = th.eval().requires_grad_(False)
         heads[s] = copy.deepcopy(th).requires_grad_(True).train()  # the student's head starts from the expert's
-    streams, steps = source_streams(sources, cfg, context.seed_for("batches"), device)
-    schedule = Schedule([student, heads], cfg, steps)
+    trainer = context.trainer({"model": student, "heads": heads}, max(len(split.train) for split in sources.values()))
+    streams = source_streams(sources, cfg, context.seed_for("batches"), device, start=trainer.start)
     t = cfg["temperature"]
-    log = LossLog()
-    for _ in range(steps):
+    for _ in trainer.steps():
         loss = 0.0
         for s, stream in streams.items():
             x, y = next(stream)
@@ -49,8 +47,10 @@ def run(context):
             ce = F.cross_entropy(s_logits, y, label_smoothing=cfg["label_smoothing"])
             loss = loss + cfg["label_weight"] * ce + cfg["logit_weight"] * kd \
                 + cfg["feature_weight"] * F.mse_loss(s_feat, t_feat)
-        schedule.step(loss, log)
+        trainer.step(loss)
+    context.keep("", trainer)
     metrics = averaged({s: evaluate_split(student, heads[s], split, device) for s, split in sources.items()})
-    metrics.update(log.summary())
-    context.state["generalist"] = {"weights": state_to_cpu(student), "heads": state_to_cpu(heads), "origin": origin}
+    metrics.update(trainer.summary())
+    context.state.setdefault("generalist", {}).update(weights=state_to_cpu(student), heads=state_to_cpu(heads),
+                                                      origin=origin)
     return metrics

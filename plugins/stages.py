@@ -34,11 +34,12 @@ def metanet_register_stages(register):
     register("zero-cost", "metanet.plugins.zero_cost:run", defaults=ZERO_COST, score_metric="score",
              description="training-free score at init (naswot or grad_norm)")
     register("amateur", "metanet.plugins.amateur:run", defaults=AMATEUR, trains_backbone=True, score_metric="acc",
+             fidelity=True,
              description="multi-source pre-training: one head per label source + contrastive views; scores by "
                          "validation accuracy (the mean over sources)")
-    register("expert", "metanet.plugins.expert:run", defaults=EXPERT,
+    register("expert", "metanet.plugins.expert:run", defaults=EXPERT, fidelity=True,
              description="one expert per source, fine-tuned from the amateur weights")
-    register("generalist", "metanet.plugins.generalist:run", defaults=GENERALIST, trains_backbone=True,
+    register("generalist", "metanet.plugins.generalist:run", defaults=GENERALIST, trains_backbone=True, fidelity=True,
              description="multi-teacher distillation of the experts (logits + features) into one model")
     register("downstream", "metanet.plugins.downstream:run", defaults=DOWNSTREAM,
              description="frozen backbone + linear probe on 10% of each held-out task's labels (GV-B)")

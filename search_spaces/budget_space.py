@@ -137,6 +137,24 @@ class BudgetSpace:
     def random_sample(self, rng: random.Random) -> dict[str, Any]:
         return {label: rng.choice(values) for label, values in self.choice_lists}
 
+    def base_sample(self) -> dict[str, Any]:
+        """The space's own base: UniNet-B1's layout compound-scaled to the budget (its operators and
+        downsampling modules where the space still offers them, widths x1, depths +0, its expansions), the
+        hand-designed network a search has to beat."""
+        choices, out = self.choices(), {}
+        for i in range(NUM_STAGES):
+            ops = choices[stage_key(i, "op_dsm")]
+            ref = pair(REF_OPS[i], REF_DSM[i])
+            same_op = [o for o in ops if o.startswith(REF_OPS[i] + "/")]
+            out[stage_key(i, "op_dsm")] = ref if ref in ops else (same_op or ops)[0]
+            out[stage_key(i, "width_mult")] = 1.0 if 1.0 in choices[stage_key(i, "width_mult")] else \
+                choices[stage_key(i, "width_mult")][len(choices[stage_key(i, "width_mult")]) // 2]
+            out[stage_key(i, "depth_delta")] = 0 if 0 in choices[stage_key(i, "depth_delta")] else \
+                choices[stage_key(i, "depth_delta")][0]
+            expands = choices[stage_key(i, "expand")]
+            out[stage_key(i, "expand")] = REF_EXPAND[i] if REF_EXPAND[i] in expands else expands[len(expands) // 2]
+        return out
+
     def in_band_share(self, n: int = 2000, seed: int = 0) -> dict[str, float]:
         """Of ``n`` uniform proposals: the share that is buildable, and the share in the band as proposed."""
         rng = random.Random(seed)

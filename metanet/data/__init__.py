@@ -13,13 +13,13 @@ sources, views and transforms), :mod:`.folders` (the folder layouts, links and s
 normalisation; the stages import it, never the reverse.
 """
 from ..errors import DataError
-from .bundle import DEFAULT_VAL_FRACTION, DataBundle, Split, dataset_labels, for_eval, split_indices, subset
+from .bundle import DEFAULT_MIN_VAL_IMAGES, DEFAULT_VAL_FRACTION, DataBundle, Split, dataset_labels, for_eval, split_indices, subset
 from .digits import HELDOUT_DIGITS, UPSTREAM_DIGITS, load_digits_bundle
 from .folders import load_folder_bundle, read_tasks
 from .images import ImageSource, ImageTransforms, ImageViews, folder_workers, to_rgb
 from .load import load_data
 
-__all__ = ["DEFAULT_VAL_FRACTION", "DataBundle", "DataError", "HELDOUT_DIGITS", "ImageSource",
+__all__ = ["DEFAULT_MIN_VAL_IMAGES", "DEFAULT_VAL_FRACTION", "DataBundle", "DataError", "HELDOUT_DIGITS", "ImageSource",
            "ImageTransforms", "ImageViews", "Split", "UPSTREAM_DIGITS", "dataset_labels", "folder_workers",
            "for_eval", "load_data", "load_digits_bundle", "load_folder_bundle", "read_tasks", "split_indices",
            "subset", "to_rgb"]

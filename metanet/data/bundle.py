@@ -16,6 +16,9 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from ..errors import DataError
 
 DEFAULT_VAL_FRACTION = 0.2
+# A carved validation split holds at least this many images (at most a quarter of the training set): with
+# fewer, a score's binomial standard error (0.5 / sqrt(n) at 50%) swamps the differences a search must resolve.
+DEFAULT_MIN_VAL_IMAGES = 1000
 
 
 def subset(ds: Dataset, idx) -> Dataset:
@@ -53,8 +56,9 @@ class Split:
     def labels(self, which: str = "train") -> torch.Tensor:
         return dataset_labels(getattr(self, which))
 
-    def with_validation(self, fraction: float, seed: int, where: str = "data") -> "Split":
-        """This split with ``fraction`` of each class of ``train`` moved to ``val`` (kept if it has one).
+    def with_validation(self, fraction: float, seed: int, where: str = "data", min_images: int = 0) -> "Split":
+        """This split with ``fraction`` of each class of ``train`` moved to ``val`` (kept if it has one), or more:
+        at least ``min_images`` in all where that leaves three quarters of ``train`` to learn from.
 
         Images of a fixed subset stay in ``train``: the subset is used verbatim.
         """
@@ -63,6 +67,8 @@ class Split:
         if not 0 < fraction < 1:
             raise DataError(f"{where}: val_fraction must be in (0, 1) to carve a validation set, got {fraction}")
         labels = dataset_labels(self.train)
+        if min_images and len(labels):
+            fraction = max(fraction, min(min_images, len(labels) // 4) / len(labels))
         keep = torch.zeros(len(labels), dtype=torch.bool)
         for idx in self.subsets.values():
             keep[torch.as_tensor(idx, dtype=torch.long)] = True
@@ -109,14 +115,21 @@ class DataBundle:
                             "--downstream DIR)")
         return _select(self.tasks, names, f"data '{self.name}'", "task")
 
-    def with_validation(self, fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0) -> "DataBundle":
-        """Every split with a validation set: the loader's, else carved from its training set."""
+    def with_validation(self, fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0,
+                        min_images: int = DEFAULT_MIN_VAL_IMAGES) -> "DataBundle":
+        """Every split with a validation set: the loader's, else carved from its training set
+        (:meth:`Split.with_validation`)."""
         if all(s.val is not None for s in [*self.sources.values(), *self.tasks.values()]):
             return self
-        return replace(self, sources={n: s.with_validation(fraction, seed, f"data '{self.name}': source {n!r}")
-                                      for n, s in self.sources.items()},
-                       tasks={n: s.with_validation(fraction, seed + 1, f"data '{self.name}': task {n!r}")
+        return replace(self, sources={n: s.with_validation(fraction, seed, f"data '{self.name}': source {n!r}",
+                                                           min_images) for n, s in self.sources.items()},
+                       tasks={n: s.with_validation(fraction, seed + 1, f"data '{self.name}': task {n!r}", min_images)
                               for n, s in self.tasks.items()})
+
+    def smallest_validation(self) -> int | None:
+        """The images of the smallest validation split (what bounds a score's precision)."""
+        sizes = [len(s.val) for s in [*self.sources.values(), *self.tasks.values()] if s.val is not None]
+        return min(sizes) if sizes else None
 
     def with_tasks(self, tasks: dict[str, Split], where: str) -> "DataBundle":
         """This bundle with more downstream tasks (``--downstream``); a name it already has is an error."""

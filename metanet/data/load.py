@@ -6,15 +6,16 @@ import os
 from pathlib import Path
 
 from ..errors import DataError
-from .bundle import DEFAULT_VAL_FRACTION, DataBundle
+from .bundle import DEFAULT_MIN_VAL_IMAGES, DEFAULT_VAL_FRACTION, DataBundle
 from .timm_datasets import is_timm_name, load_timm_dataset
 
 
 def load_data(pm, source: str, resolution: int, seed: int, val_fraction: float = DEFAULT_VAL_FRACTION, *,
               data_dir: str | None = None, downstream=(), cache: bool = True,
-              cache_dir: str | os.PathLike | None = None) -> DataBundle:
+              cache_dir: str | os.PathLike | None = None, min_val_images: int = DEFAULT_MIN_VAL_IMAGES) -> DataBundle:
     """The data of ``source`` with a validation set in every split (carved from training data with
-    ``val_fraction`` where the data has none) and its images decoded once (:mod:`metanet.data.decoded`).
+    ``val_fraction`` where the data has none, and at least ``min_val_images`` where that leaves three quarters of
+    the training set) and its images decoded once (:mod:`metanet.data.decoded`).
 
     ``source``: a registered dataset by name, ``NAME:PATH`` for a loader that reads a folder, a bare path
     (an existing folder, or text with a path separator: the one registered loader that reads folders,
@@ -39,7 +40,7 @@ def load_data(pm, source: str, resolution: int, seed: int, val_fraction: float =
         bundle = bundle.with_tasks(read_tasks(path, ImageTransforms(bundle.resolution), seed, DEFAULT_TEST_FRACTION, notes),
                                    f"downstream: {folder}")
         bundle.notes.extend(notes)
-    bundle = bundle.with_validation(val_fraction, seed)
+    bundle = bundle.with_validation(val_fraction, seed, min_val_images)
     from .decoded import decode_bundle
     return decode_bundle(bundle, cache=cache, cache_dir=cache_dir)
 
