@@ -1,5 +1,5 @@
 # Quickstart: `make demo` (install into .venv, run the main job on the embedded default)
-#             `make test` (install with the test extra, run the whole suite)
+#             `make test` (install with the test extra, run the whole suite, build the docs)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.14.1 torchvision==0.29.1
 DEMO   := runs/demo
 
-.PHONY: install install-test demo test clean sshd
+.PHONY: install install-test demo test test-fast docs clean sshd
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,8 +51,18 @@ sshd:
 	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server >/dev/null 2>&1 || \
 	   (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server >/dev/null))
 
+# Both cores: pytest-xdist runs two workers (each with one torch thread, tests/conftest.py), tests grouped by
+# module so a module's shared fixtures are built once (`--dist loadfile`).
 test: install-test sshd
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/mkdocs build --strict --quiet
+
+# The edit loop: the tests marked fast (each a second or two), about a minute and a half.
+test-fast: install-test
+	$(BIN)/python -m pytest -n 2 -m fast -q
+
+docs: install-test
+	$(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache build

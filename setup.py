@@ -7,10 +7,14 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["metanet", "metanet.data", "metanet.plugins", "metanet.search_spaces", "metanet.kernels"],
+    # the three sibling folders are mapped into the metanet namespace; metanet/ holds one package per capability
+    packages=["metanet", "metanet.plugin", "metanet.data", "metanet.train", "metanet.evaluate", "metanet.runs",
+              "metanet.search", "metanet.export", "metanet.cli", "metanet.plugins", "metanet.plugins.stages",
+              "metanet.search_spaces", "metanet.kernels"],
     package_dir={
         "metanet": "metanet",
         "metanet.plugins": "plugins",
+        "metanet.plugins.stages": "plugins/stages",
         "metanet.search_spaces": "search_spaces",
         "metanet.kernels": "kernels",
     },
@@ -39,8 +43,11 @@ setup(
         # datasets timm reads from disk: Hugging Face datasets (hfds/) and WebDataset shards (wds/)
         "hf": ["datasets"],
         "wds": ["webdataset"],
-        "test": ["pytest>=7", "gym_notices", "tensorboard", "numba", "h5py", "onnx", "onnxruntime", "safetensors",
-                 "datasets", "webdataset"],
+        "docs": ["mkdocs>=1.6", "mkdocs-material", "mkdocstrings[python]", "mkdocs-click"],
+        "test": ["pytest>=7", "pytest-xdist", "gym_notices", "tensorboard", "numba", "h5py", "onnx", "onnxruntime",
+                 "safetensors", "datasets", "webdataset",
+                 # the docs are built by `make test` too
+                 "mkdocs>=1.6", "mkdocs-material", "mkdocstrings[python]", "mkdocs-click"],
     },
     entry_points={
         "console_scripts": ["metanet=metanet.cli:main"],

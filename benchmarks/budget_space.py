@@ -40,13 +40,13 @@ def derive(budget: int, n: int) -> dict:
 
 
 def searches(budgets: list[int], trials: int) -> list[dict]:
-    from metanet.counter import count_flops
-    from metanet.search import run_search
-    from metanet.search_config import SearchConfig
+    from metanet.search_spaces.counter import count_flops
+    from metanet.search.driver import run_search
+    from metanet.runs.config import SearchConfig
     from metanet.search_spaces.budget_space import budget_space
     from metanet.search_spaces.metanet import MetaNet
     from metanet.search_spaces.unified import DEFAULT_SPACE
-    from metanet.store import OK, TrialStore
+    from metanet.runs.store import OK, TrialStore
     rows = []
     root = Path(tempfile.mkdtemp())
     for budget in budgets:

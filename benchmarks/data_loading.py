@@ -47,7 +47,7 @@ def data_seconds(pm, folder: str, resolution: int, steps: int, batch: int, cache
     import torch
 
     from metanet.data import load_data
-    from metanet.training import batches, loader_options
+    from metanet.train.loop import batches, loader_options
     t0 = time.perf_counter()
     data = load_data(pm, folder, resolution, seed=0, cache=cache)  # the trial's load (the search's is warm)
     load = time.perf_counter() - t0
@@ -68,7 +68,7 @@ def data_seconds(pm, folder: str, resolution: int, steps: int, batch: int, cache
 
 def amateur_rate(spec, pm, folder: str, resolution: int, steps: int, batch: int, cache: bool) -> float:
     from metanet.data import load_data
-    from metanet.stages import evaluate_candidate
+    from metanet.evaluate.candidate import evaluate_candidate
     data = load_data(pm, folder, resolution, seed=0, cache=cache)
     t0 = time.perf_counter()
     result = evaluate_candidate(spec, ["amateur"], data, config={"amateur": {"max_steps": steps, "batch_size": batch}},
@@ -90,7 +90,7 @@ def main() -> None:
     import torch
 
     from metanet.data import decoded, load_data
-    from metanet.plugin_manager import registry
+    from metanet.plugin.manager import registry
 
     if not args.data.is_file():
         raise SystemExit(f"{args.data}: not found (the shared CIFAR-10 subset; give --data)")

@@ -16,7 +16,7 @@ import warnings
 import torch
 
 from metanet.budget import format_flops
-from metanet.counter import count_flops, count_params
+from metanet.search_spaces.counter import count_flops, count_params
 from metanet.search_spaces.estimate import estimate
 from metanet.search_spaces.metanet import MetaNet
 from metanet.search_spaces.unified import DEFAULT_SPACE

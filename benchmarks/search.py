@@ -43,8 +43,8 @@ def main() -> None:
           f"in the {args.budget} band: {inside / len(samples):.1%} of the budget-centred space, "
           f"{inside_abs / len(absolute):.1%} of the absolute space")
 
-    from metanet.search import run_search
-    from metanet.search_config import SearchConfig
+    from metanet.search.driver import run_search
+    from metanet.runs.config import SearchConfig
     root = Path(tempfile.mkdtemp())
     from metanet.data import load_digits_bundle
     # both runs start with the data loaded (validation carved) and imports done
@@ -66,9 +66,9 @@ def main() -> None:
         from nni.nas.strategy.middleware import Chain, Deduplication, Filter
     import torch
 
-    from metanet.plugin_manager import registry
+    from metanet.plugin.manager import registry
     from metanet.search_spaces.nni_space import BudgetModelSpace
-    from metanet.stages import StageContext, run_stage
+    from metanet.evaluate.candidate import StageContext, run_stage
     pm = registry()
     stage = pm.stage("zero-cost")
 

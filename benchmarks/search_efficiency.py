@@ -30,7 +30,7 @@ def objective(context) -> dict:
     """The architecture's naswot score with its weights and batch fixed: a function of the spec alone."""
     import torch
 
-    from metanet.plugins.zero_cost import _naswot
+    from metanet.plugins.stages.zero_cost import _naswot
     from metanet.search_spaces.metanet import MetaNet
     key = context.spec.to_json(indent=None)
     if key not in _cache:
@@ -63,9 +63,9 @@ def main() -> None:
     args = ap.parse_args()
     sys.modules.setdefault("search_efficiency_objective", sys.modules[__name__])
 
-    from metanet.search import run_search
-    from metanet.search_config import SearchConfig
-    from metanet.store import OK, TrialStore
+    from metanet.search.driver import run_search
+    from metanet.runs.config import SearchConfig
+    from metanet.runs.store import OK, TrialStore
     checkpoints = [k for k in (25, 50, 100) if k <= args.trials] or [args.trials]
     root = Path(tempfile.mkdtemp())
     rows, started = [], time.perf_counter()

@@ -90,7 +90,7 @@ class Cache:
 
 
 def amateur(spec, data, steps: int, seed: int, fidelity=None, resume=None):
-    from metanet.stages import evaluate_candidate
+    from metanet.evaluate.candidate import evaluate_candidate
     result = evaluate_candidate(spec, ["amateur"], data, seed=seed, accelerator="cpu",
                                 config={"amateur": {"max_steps": steps, "epochs": float("inf")}},
                                 fidelity=fidelity, resume=resume)
@@ -102,8 +102,8 @@ def amateur(spec, data, steps: int, seed: int, fidelity=None, resume=None):
 
 def evaluate_all(args, specs, cache: Cache, pm, folder: str, echo) -> None:
     from metanet.data import load_data
-    from metanet.fidelity import Ladder
-    from metanet.stages import evaluate_candidate
+    from metanet.search.fidelity import Ladder
+    from metanet.evaluate.candidate import evaluate_candidate
     data = {s: load_data(pm, folder, args.resolution, seed=s) for s in (*PROXY_SEEDS, *REF_SEEDS)}
     ladder = Ladder(*args.ladder, 3)
     proxies = sorted({max(1, round(args.ref_steps * f)) for f in (0.01, 0.03, 0.10)})
@@ -137,8 +137,8 @@ def evaluate_all(args, specs, cache: Cache, pm, folder: str, echo) -> None:
 
 def supernet_scores(args, specs, cache: Cache, folder: str, echo) -> None:
     """A supernet over the budget's space trained on this data, then every architecture scored with it."""
-    import metanet.supernet as sn
-    from metanet.plugin_manager import registry
+    import metanet.train.supernet_training as sn
+    from metanet.plugin.manager import registry
     key = f"supernet-{args.supernet_steps}"
     out = cache.root / key
     if not (out / sn.WEIGHTS).is_file() or json.loads((out / sn.INFO).read_text())["step"] < args.supernet_steps:
@@ -149,7 +149,7 @@ def supernet_scores(args, specs, cache: Cache, folder: str, echo) -> None:
         cache.put(f"{key}-training", {"seconds": round(time.time() - t0, 1)})
         echo(f"supernet trained ({args.supernet_steps} steps)")
     from metanet.data import load_data
-    from metanet.stages import evaluate_candidate
+    from metanet.evaluate.candidate import evaluate_candidate
     pm = registry()
     for seed in PROXY_SEEDS:
         data = load_data(pm, folder, args.resolution, seed=seed)
@@ -163,15 +163,38 @@ def supernet_scores(args, specs, cache: Cache, folder: str, echo) -> None:
 
 
 def correlations(proxy: list[float], reference: list[float]) -> dict:
-    from metanet.proxy_check import bootstrap_tau, rank_correlations
+    from metanet.search.proxy_check import bootstrap_tau, rank_correlations
     tau, rho = rank_correlations(proxy, reference)
     ci = bootstrap_tau(proxy, reference)
     return {"tau": tau, "rho": rho, "ci": list(ci) if ci else None}
 
 
+def mean_tau_interval(proxies: list[list[float]], reference: list[float], draws: int = 1000) -> list[float] | None:
+    """95% bootstrap interval, over the architectures, of the mean over seeds of each seed's tau."""
+    from scipy.stats import kendalltau
+    rng, out = random.Random(0), []
+    n = len(reference)
+    for _ in range(draws):
+        idx = [rng.randrange(n) for _ in range(n)]
+        ref = [reference[i] for i in idx]
+        taus = []
+        for p in proxies:
+            x = [p[i] for i in idx]
+            if len(set(x)) > 1 and len(set(ref)) > 1:
+                t = kendalltau(x, ref).statistic
+                if math.isfinite(t):
+                    taus.append(t)
+        if taus:
+            out.append(sum(taus) / len(taus))
+    if len(out) < draws // 10:
+        return None
+    out.sort()
+    return [out[int(0.025 * (len(out) - 1))], out[int(0.975 * (len(out) - 1))]]
+
+
 def report(args, specs, space, cache: Cache) -> dict:
-    from metanet.counter import count_params
-    from metanet.fidelity import Ladder
+    from metanet.search_spaces.counter import count_params
+    from metanet.search.fidelity import Ladder
     from metanet.search_spaces.metanet import MetaNet
     n = len(specs)
     ladder = Ladder(*args.ladder, 3)
@@ -185,13 +208,16 @@ def report(args, specs, space, cache: Cache) -> dict:
         vs_ref = [correlations(per_seed[s], reference) for s in seeds]
         ceiling = correlations(per_seed[seeds[0]], per_seed[seeds[1]]) if len(seeds) > 1 else None
         taus = [c["tau"] for c in vs_ref if c["tau"] is not None]
-        rows[name] = {"steps": steps, "tau": sum(taus) / len(taus) if taus else None, "per_seed": vs_ref,
+        ci = mean_tau_interval([per_seed[s] for s in seeds], reference)
+        rows[name] = {"steps": steps, "tau": sum(taus) / len(taus) if taus else None, "ci": ci, "per_seed": vs_ref,
                       "ceiling": ceiling, "seconds_per_arch": cost}
 
     add("reference (itself, seed 10 vs 11)", args.ref_steps,
         {s: [r["test_acc"] for r in ref[s]] for s in REF_SEEDS},
         sum(r["seconds"] for s in REF_SEEDS for r in ref[s]) / (n * len(REF_SEEDS)))
-    rows["reference (itself, seed 10 vs 11)"]["tau"] = rows["reference (itself, seed 10 vs 11)"]["ceiling"]["tau"]
+    itself = rows["reference (itself, seed 10 vs 11)"]
+    seed_a, seed_b = ([r["test_acc"] for r in ref[s]] for s in REF_SEEDS)
+    itself.update(tau=itself["ceiling"]["tau"], ci=mean_tau_interval([seed_a], seed_b))
     for steps in proxies:
         got = {s: [cache.get(f"amateur-{steps}-a{i}-s{s}") for i in range(n)] for s in PROXY_SEEDS}
         add(f"amateur {steps} steps ({steps / args.ref_steps:.0%})", steps, {s: [g["acc"] for g in v] for s, v in got.items()},
@@ -203,8 +229,9 @@ def report(args, specs, space, cache: Cache) -> dict:
         got = {s: [cache.get(f"{proxy}-a{i}-s{s}")["score"] for i in range(n)] for s in PROXY_SEEDS}
         add(f"zero-cost {proxy}", 0, got)
     params = [count_params(MetaNet(spec, num_classes=0, img_size=args.resolution)) for spec in specs]
-    rows["#params"] = {"steps": 0, "tau": correlations(params, reference)["tau"], "per_seed": [correlations(params,
-                       reference)], "ceiling": None, "seconds_per_arch": 0}
+    rows["#params"] = {"steps": 0, "tau": correlations(params, reference)["tau"],
+                       "ci": mean_tau_interval([params], reference), "per_seed": [correlations(params, reference)],
+                       "ceiling": None, "seconds_per_arch": 0}
     sup = {s: [cache.get(f"supernet-{args.supernet_steps}-a{i}-s{s}") for i in range(n)] for s in PROXY_SEEDS}
     if all(v is not None for vs in sup.values() for v in vs):
         add(f"supernet ({args.supernet_steps} steps, shared)", 0, {s: [g["acc"] for g in v] for s, v in sup.items()},
@@ -216,7 +243,7 @@ def report(args, specs, space, cache: Cache) -> dict:
     r0, r1, top = ladder.rungs
     sh_cost = 9 * r0 + 3 * (r1 - r0) + 1 * (top - r1)
     ten = max(1, round(args.ref_steps * 0.10))
-    k_top, k_ten = sh_cost // top, sh_cost // ten
+    k_top, k_ten = min(len(pool), max(1, sh_cost // top)), min(len(pool), max(1, sh_cost // ten))
     picks = {"successive halving (9 -> 3 -> 1)": [], f"random, {k_top} at {top} steps": [],
              f"random, {k_ten} at {ten} steps": []}
     rng = random.Random(1)
@@ -258,11 +285,12 @@ def print_tables(summary: dict) -> None:
     fmt = (lambda v: "   -  " if v is None else f"{v:+.2f}")
     print(f"\nKendall's tau against the reference ({summary['ref_steps']} steps, test accuracy, mean of seeds "
           f"{REF_SEEDS}), {summary['architectures']} architectures of the {summary['budget'] / 1e6:.0f}M space at "
-          f"{summary['resolution']} px; 95% bootstrap interval of seed 0's tau; noise ceiling = the proxy against "
+          f"{summary['resolution']} px; tau is the mean over the proxy's 2 seeds, with a 95% bootstrap interval over "
+          "the architectures; noise ceiling = the proxy against "
           "itself (seed 0 vs 1)")
     print(f"{'proxy':<40} {'steps':>6} {'tau':>6} {'95% CI':>15} {'ceiling':>8} {'s/arch':>7}")
     for name, r in summary["proxies"].items():
-        ci = r["per_seed"][0]["ci"]
+        ci = r.get("ci")
         ci_s = f"[{ci[0]:+.2f},{ci[1]:+.2f}]" if ci else "-"
         ceiling = r["ceiling"]["tau"] if r["ceiling"] else None
         cost = f"{r['seconds_per_arch']:.1f}" if r.get("seconds_per_arch") is not None else "-"
@@ -280,12 +308,12 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for prefix, marker, label in (("amateur", "o", "amateur, own schedule"), ("ladder", "s", "ladder rung")):
-        pts = [(r["steps"], r["tau"], r["per_seed"][0]["ci"]) for n, r in summary["proxies"].items()
+        pts = [(r["steps"], r["tau"], r.get("ci")) for n, r in summary["proxies"].items()
                if n.startswith(prefix) and r["tau"] is not None]
         if pts:
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            err = [[y - (p[2][0] if p[2] else y) for p, y in zip(pts, ys)],
-                   [(p[2][1] if p[2] else y) - y for p, y in zip(pts, ys)]]
+            err = [[max(0.0, y - (p[2][0] if p[2] else y)) for p, y in zip(pts, ys)],
+                   [max(0.0, (p[2][1] if p[2] else y) - y) for p, y in zip(pts, ys)]]
             ax.errorbar(xs, ys, yerr=err, marker=marker, capsize=3, label=label)
     ref = summary["proxies"].get("reference (itself, seed 10 vs 11)")
     if ref and ref["tau"] is not None:
@@ -323,8 +351,8 @@ def main() -> None:
     ap.add_argument("--only", choices=("evaluate", "report"), default=None)
     args = ap.parse_args()
     from metanet.budget import parse_flops
-    from metanet.fidelity import parse_fidelity
-    from metanet.plugin_manager import registry
+    from metanet.search.fidelity import parse_fidelity
+    from metanet.plugin.manager import registry
     args.budget = parse_flops(args.budget)
     args.ladder = parse_fidelity(args.ladder)
     import torch

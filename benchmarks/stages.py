@@ -22,10 +22,10 @@ def main() -> None:
 
     from metanet.budget import parse_flops
     from metanet.data import load_digits_bundle
-    from metanet.plugin_manager import registry
+    from metanet.plugin.manager import registry
     from metanet.search_spaces.metanet import MetaNet
     from metanet.search_spaces.unified import DEFAULT_SPACE, sample_within_budget
-    from metanet.stages import StageContext, run_stage
+    from metanet.evaluate.candidate import StageContext, run_stage
 
     tiny = {"amateur": {"max_steps": 12, "batch_size": 32}, "expert": {"max_steps": 6, "batch_size": 32},
             "generalist": {"max_steps": 8, "batch_size": 32}, "downstream": {"epochs": 40}}

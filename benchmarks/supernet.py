@@ -28,7 +28,7 @@ from pathlib import Path
 
 
 def _score(spec, stage, data, config, pm, metric, seed=0):
-    from metanet.stages import evaluate_candidate
+    from metanet.evaluate.candidate import evaluate_candidate
     start = time.perf_counter()
     result = evaluate_candidate(spec, [stage], data, config={stage: config}, pm=pm, seed=seed, accelerator="cpu")
     if result.error:
@@ -53,12 +53,12 @@ def main() -> None:
 
     from metanet import supernet as sn
     from metanet.budget import parse_flops
-    from metanet.plugin_manager import registry
-    from metanet.proxy_check import rank_correlations
-    from metanet.search import run_search
-    from metanet.search_config import SearchConfig
-    from metanet.search_spaces.supernet import sample_specs
-    from metanet.trial import trial_data
+    from metanet.plugin.manager import registry
+    from metanet.search.proxy_check import rank_correlations
+    from metanet.search.driver import run_search
+    from metanet.runs.config import SearchConfig
+    from metanet.search_spaces.supernet_model import sample_specs
+    from metanet.data.load import load_cached
 
     report: dict = {}
     budget = parse_flops(args.flops)
@@ -83,7 +83,7 @@ def main() -> None:
     settings = net.settings
     budget = settings.flops[0]
     pm = registry()
-    data = trial_data(pm, settings.data, settings.proxy_resolution, 0, settings.val_fraction)
+    data = load_cached(pm, settings.data, settings.proxy_resolution, 0, settings.val_fraction)
     rng = random.Random(args.seed)
     specs, seen = [], set()
     while len(specs) < args.archs:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 
 def amateur_rate(spec, data, steps: int, batch: int, channels_last: bool, devices: int = 1) -> float:
-    import metanet.stages as stages_module
-    from metanet.stages import evaluate_candidate
-    from metanet.training import place
+    import metanet.evaluate.candidate as stages_module
+    from metanet.evaluate.candidate import evaluate_candidate
+    from metanet.train.loop import place
     if not channels_last:
         stages_module.place = lambda model, device: model.to(device)
     try:
@@ -38,7 +38,7 @@ def step_rate(spec, resolution: int, batch: int, device: str, dtype) -> float:
     import torch.nn.functional as F
 
     from metanet.search_spaces.metanet import MetaNet
-    from metanet.training import place
+    from metanet.train.loop import place
     model = place(MetaNet(spec, num_classes=10, img_size=resolution), device)
     opt = torch.optim.AdamW(model.parameters())
     x = torch.randn(batch, 3, resolution, resolution, device=device)
@@ -83,7 +83,7 @@ def main() -> None:
     import metanet.data.images as data_module
     from metanet.budget import parse_flops
     from metanet.data import load_data
-    from metanet.plugin_manager import registry
+    from metanet.plugin.manager import registry
     from metanet.search_spaces.budget_space import budget_space
     from metanet.search_spaces.unified import DEFAULT_SPACE
 

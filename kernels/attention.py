@@ -4,7 +4,7 @@
 are custom ops with fake (meta) implementations, so ``torch.compile`` traces them, and autograd is
 registered on the forward; FLOP formulas are registered with ``torch.utils.flop_counter`` (forward and
 backward separately) and fvcore counts ``metanet::attention`` through the handle in
-``metanet.counter``. Triton is optional: without it every call takes the torch reference.
+``metanet.search_spaces.counter``. Triton is optional: without it every call takes the torch reference.
 """
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from typing import Iterator, Optional
 
 import torch
 
-from .attention_ref import attention_reference, check_shapes
+from metanet.kernels.attention_ref import attention_reference, check_shapes
 
 try:
-    from .attention_triton import attention_backward as _triton_backward
-    from .attention_triton import attention_forward as _triton_forward
+    from metanet.kernels.attention_triton import attention_backward as _triton_backward
+    from metanet.kernels.attention_triton import attention_forward as _triton_forward
     HAS_TRITON = True
 except Exception:  # no Triton, or a Triton that cannot load here: the reference serves every call
     HAS_TRITON = False

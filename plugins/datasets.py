@@ -1,5 +1,5 @@
 """Built-in plugin: the embedded digits data and ImageFolder directories."""
-from metanet.hookspecs import hookimpl
+from metanet.plugin.hookspecs import hookimpl
 
 
 @hookimpl

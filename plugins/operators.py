@@ -3,7 +3,7 @@
 Each has a factory (``metanet.search_spaces.operators``, imported when a block is built, so the
 registry stays free of torch) and its analytic cost formula (``metanet.search_spaces.estimate``).
 """
-from metanet.hookspecs import hookimpl
+from metanet.plugin.hookspecs import hookimpl
 from metanet.search_spaces import estimate
 
 _FACTORIES = "metanet.search_spaces.operators:"

@@ -1,5 +1,5 @@
 """Built-in plugin: the unified MetaNet/UniNet search space."""
-from metanet.hookspecs import hookimpl
+from metanet.plugin.hookspecs import hookimpl
 from metanet.search_spaces.unified import DEFAULT_SPACE
 
 

@@ -1,7 +1,7 @@
 """Built-in plugin: NNI 3.0 search strategies (random, regularized evolution, TPE, PPO)."""
 import time
 
-from metanet.hookspecs import hookimpl
+from metanet.plugin.hookspecs import hookimpl
 from metanet.quiet import quiet
 
 

@@ -32,9 +32,9 @@ from typing import Any
 from metanet.budget import format_flops
 from metanet.errors import ConfigError
 
-from .estimate import estimate, head_cost, stage_cost
-from .spec import FORMAT_VERSION, NUM_STAGES, ArchSpec, SpecError, StageSpec, is_attention_op, stage_grids, stage_key
-from .unified import SpaceConfig
+from metanet.search_spaces.estimate import estimate, head_cost, stage_cost
+from metanet.search_spaces.spec import FORMAT_VERSION, NUM_STAGES, ArchSpec, SpecError, StageSpec, is_attention_op, stage_grids, stage_key
+from metanet.search_spaces.unified import SpaceConfig
 
 WIDTH_MULTS = (0.875, 1.0, 1.125)
 DEPTH_DELTAS = (-1, 0, 1)

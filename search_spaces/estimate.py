@@ -1,7 +1,7 @@
 """Analytic FLOPs and parameters of a spec, without building the model.
 
 Each formula mirrors one operator of ``operators.py`` under the counter's convention
-(``metanet.counter``): convolutions cout*cin/groups*k*k per output pixel, linear layers in*out per
+(``metanet.search_spaces.counter``): convolutions cout*cin/groups*k*k per output pixel, linear layers in*out per
 token, batch norm 2 and layer norm 5 per element, pooling/mean 1 per input element, attention
 Nq*Nk*(Dq + Dv) per head; biases, activations, max-pool and additions are free. A search screens
 thousands of candidates with this; tests hold it within 1% of the counter.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .spec import HEAD_WIDTH, STRIDES, ArchSpec, stage_grids
+from metanet.search_spaces.spec import HEAD_WIDTH, STRIDES, ArchSpec, stage_grids
 
 
 @dataclass
@@ -173,10 +173,27 @@ def xca_cost(cin, cout, stride, expand, head_dim, hw_in, hw_out, grid) -> Cost:
     return _transformer("xca", cin, cout, stride, expand, head_dim, hw_in, hw_out, grid)
 
 
+_COUNTED: dict[tuple, Cost] = {}
+
+
 def block_cost(op, cin, cout, stride, expand, head_dim, hw_in, hw_out, grid) -> Cost:
-    """Cost of one block of the registered operator ``op``."""
-    from metanet.plugin_manager import registry
-    return registry().operator(op).cost(cin, cout, stride, expand, head_dim, hw_in, hw_out, grid)
+    """Cost of one block of the registered operator ``op``: its ``cost`` formula, or, for an operator registered
+    without one, a built block counted with fvcore (once per operator and shape in a process)."""
+    import math
+
+    from metanet.plugin.manager import registry
+    operator = registry().operator(op)
+    formula = operator.cost_formula
+    if formula is not None:
+        result = formula(cin, cout, stride, expand, head_dim, hw_in=hw_in, hw_out=hw_out, grid=grid)
+        return result if isinstance(result, Cost) else Cost(int(result[0]), int(result[1]))
+    key = (op, operator.plugin, cin, cout, stride, expand, head_dim, hw_in, tuple(grid))
+    if key not in _COUNTED:
+        from metanet.search_spaces.counter import count_flops, count_params
+        side = math.isqrt(hw_in)
+        block = operator.build(cin, cout, stride, expand, head_dim, 0.0, grid)
+        _COUNTED[key] = Cost(count_flops(block, (side, side), in_chans=cin).total, count_params(block))
+    return _COUNTED[key]
 
 
 _DSM_COST = {"local": lambda cin, cout, hw_in, hw_out: _local_dsm(cin, cout, hw_out),
@@ -229,27 +246,3 @@ def estimate(spec: ArchSpec, resolution: int | tuple[int, int] = 224, num_classe
         cin = st.width
     parts["head"] = head_cost(cin, grids[-1][0] * grids[-1][1], num_classes)
     return Estimate(sum(p.flops for p in parts.values()), sum(p.params for p in parts.values()), parts)
-
-
-def flops_report(spec: ArchSpec, source: str, resolution: int, num_classes: int, count: bool = False) -> dict:
-    """The estimate of ``spec`` per part (``metanet flops``); with ``count``, the fvcore count beside it."""
-    est = estimate(spec, resolution, num_classes)
-    stages = {}
-    for name, part in est.parts.items():
-        entry = {"flops": part.flops, "params": part.params}
-        if name[1:].isdigit():
-            st = spec.stages[int(name[1:])]
-            entry["layout"] = f"{st.op} x{st.depth}, width {st.width}, expand {st.expand:g}, dsm {st.dsm}"
-        stages[name] = entry
-    data = {"spec": source, "resolution": resolution, "flops": est.flops, "params": est.params, "stages": stages}
-    if count:
-        import torch
-
-        from metanet.counter import count_flops, count_params
-        from .metanet import MetaNet
-        torch.manual_seed(0)
-        model = MetaNet(spec, num_classes=num_classes, img_size=resolution)
-        counted = count_flops(model, resolution)
-        data.update(flops_counted=counted.total, params_counted=count_params(model),
-                    flops_matmul_only=counted.matmul_only)
-    return data

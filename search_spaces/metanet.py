@@ -24,8 +24,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
-from .operators import make_block, make_downsample
-from .spec import HEAD_WIDTH, STRIDES, ArchSpec, stage_grids
+from metanet.search_spaces.operators import make_block, make_downsample
+from metanet.search_spaces.spec import HEAD_WIDTH, STRIDES, ArchSpec, stage_grids
 
 __all__ = ["MetaNet", "build_model", "as_spec", "stage_grids", "default_cfgs"]
 
@@ -39,7 +39,7 @@ def as_spec(spec: ArchSpec | Mapping[str, Any] | str | os.PathLike) -> ArchSpec:
     text = os.fspath(spec)
     if text.lstrip().startswith("{"):
         return ArchSpec.from_json(text)
-    from .presets import PRESETS
+    from metanet.search_spaces.presets import PRESETS
     if text in PRESETS:
         return PRESETS[text].spec
     return ArchSpec.load(text)
@@ -199,7 +199,7 @@ def build_model(spec, **kwargs) -> MetaNet:
 # -- timm registration ----------------------------------------------------------------------------
 # Training and export normalise images to [-1, 1]: mean and std 0.5 per channel (one constant, shared with
 # the data pipeline and the export config).
-from .timm_models import EXPORT_MEAN as METANET_MEAN, EXPORT_STD as METANET_STD  # noqa: E402
+from metanet.search_spaces.timm_models import EXPORT_MEAN as METANET_MEAN, EXPORT_STD as METANET_STD  # noqa: E402
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MetaNet) -> Dict[str, torch.Tensor]:
@@ -259,7 +259,7 @@ def export_config(arch) -> Optional[Dict[str, Any]]:
 
 
 def _preset(name: str, pretrained: bool, **kwargs) -> MetaNet:
-    from .presets import PRESETS
+    from metanet.search_spaces.presets import PRESETS
     kwargs.setdefault("img_size", PRESETS[name].input_size)
     return _create(name, pretrained, PRESETS[name].spec, **kwargs)
 

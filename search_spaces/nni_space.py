@@ -17,10 +17,10 @@ with quiet():
     from nni.mutable.exception import ConstraintViolation, SampleValidationError
     from nni.nas.nn.pytorch import ModelSpace
 
-from .budget_space import BudgetSpace
-from .metanet import MetaNet
-from .spec import ArchSpec, SpecError
-from .unified import DEFAULT_SPACE, SpaceConfig, project_to_budget, repair_sample
+from metanet.search_spaces.budget_space import BudgetSpace
+from metanet.search_spaces.metanet import MetaNet
+from metanet.search_spaces.spec import ArchSpec, SpecError
+from metanet.search_spaces.unified import DEFAULT_SPACE, SpaceConfig, project_to_budget, repair_sample
 
 CONSTRAINT_LABEL = "valid_arch"
 

@@ -314,7 +314,7 @@ def xca_block(cin, cout, stride, expand, head_dim, drop_path, grid) -> nn.Module
 def make_block(op: str, cin: int, cout: int, stride: int, expand: float, head_dim: int,
                drop_path: float, grid: tuple[int, int]) -> nn.Module:
     """One block of the registered operator ``op``; ``grid`` is its output token grid at the build resolution."""
-    from metanet.plugin_manager import registry
+    from metanet.plugin.manager import registry
     return registry().operator(op).build(cin, cout, stride, expand, head_dim, drop_path, grid)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .spec import FORMAT_VERSION, NUM_STAGES, ArchSpec, stage_key
+from metanet.search_spaces.spec import FORMAT_VERSION, NUM_STAGES, ArchSpec, stage_key
 
 EXPANSION = (1, 4, 6, 3, 2, 5)
 
@@ -62,18 +62,3 @@ def _build() -> dict[str, Preset]:
 
 
 PRESETS: dict[str, Preset] = _build()
-
-
-def preset_rows() -> list[dict]:
-    """Each preset with its size at its input resolution and whether the default space holds it
-    (``metanet presets``)."""
-    from .estimate import estimate
-    from .unified import DEFAULT_SPACE
-    rows = []
-    for p in PRESETS.values():
-        est = estimate(p.spec, p.input_size)
-        outside = DEFAULT_SPACE.contains(p.spec)
-        rows.append({"name": p.name, "input_size": p.input_size, "flops": est.flops, "params": est.params,
-                     "in_space": outside is None, **({"outside": outside} if outside else {}),
-                     "description": p.description})
-    return rows

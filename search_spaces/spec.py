@@ -39,12 +39,12 @@ GLOBAL_FIELDS = ("stem_width", "head_dim")
 
 def known_ops() -> tuple[str, ...]:
     """Every registered operator (built-in and plugins'), from the process-wide registry."""
-    from metanet.plugin_manager import registry
+    from metanet.plugin.manager import registry
     return tuple(registry().names("operators"))
 
 
 def is_attention_op(op: str) -> bool:
-    from metanet.plugin_manager import registry
+    from metanet.plugin.manager import registry
     table = registry().registry["operators"]
     return op in table and table[op].attention
 

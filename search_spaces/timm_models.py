@@ -17,10 +17,9 @@ import math
 import sys
 from pathlib import Path
 
-# Training and export normalise images to [-1, 1]: mean and std 0.5 per channel (the same constants as the
-# ``metanet`` model's default config, metanet.search_spaces.metanet.METANET_MEAN; kept here so the data
-# pipeline reads them without importing a model).
-EXPORT_MEAN = EXPORT_STD = (0.5, 0.5, 0.5)
+# Training and export normalise images to [-1, 1] (metanet.data.normalisation), and the ``metanet`` model's
+# default config carries it.
+from metanet.data.normalisation import MEAN as EXPORT_MEAN, STD as EXPORT_STD  # noqa: E402
 
 
 def register_timm_models() -> None:

@@ -14,8 +14,8 @@ from typing import Any
 from metanet.budget import format_flops
 from metanet.errors import ConfigError, UnknownName
 
-from .estimate import estimate, head_cost, stage_cost
-from .spec import (ATTENTION_OPS, CONV_OPS, DSMS, NUM_STAGES, STAGE_FIELDS, ArchSpec,
+from metanet.search_spaces.estimate import estimate, head_cost, stage_cost
+from metanet.search_spaces.spec import (ATTENTION_OPS, CONV_OPS, DSMS, NUM_STAGES, STAGE_FIELDS, ArchSpec,
                    SpecError, StageSpec, is_attention_op, stage_grids, stage_key)
 
 ALL_OPS = CONV_OPS + ATTENTION_OPS
@@ -87,7 +87,7 @@ class SpaceConfig:
 
     def describe(self, resolution: int = 224) -> dict[str, Any]:
         """The choices per stage, the size and the FLOP range (``metanet space show``)."""
-        from .spec import STRIDES
+        from metanet.search_spaces.spec import STRIDES
         choices = self.choices()
         lo, hi = self.flops_range(resolution)
         return {"space": self.name, "global": {k: choices[k] for k in ("stem_width", "head_dim")},
@@ -129,7 +129,7 @@ def repair_sample(sample: dict[str, Any]) -> dict[str, Any]:
 
 def get_space(name: str) -> SpaceConfig:
     """A registered search space (built-in ``unified`` or a plugin's), from the process-wide registry."""
-    from metanet.plugin_manager import registry
+    from metanet.plugin.manager import registry
     try:
         return registry().space(name)
     except UnknownName as exc:

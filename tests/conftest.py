@@ -12,6 +12,11 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+# pytest-xdist runs one worker per core (make test: -n 2): each with one torch thread, or two workers' thread
+# pools would fight over the two cores
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 from metanet.search_spaces.unified import DEFAULT_SPACE
 
 
@@ -30,7 +35,7 @@ def _nni_log_to_real_stderr():
 def fresh_registry(monkeypatch):
     # The registry is built once per process; a test that installs or names a plugin must not
     # leak it into the next one, so every test starts from a fresh build.
-    from metanet.plugin_manager import reset_registry
+    from metanet.plugin.manager import reset_registry
     monkeypatch.delenv("METANET_PLUGINS", raising=False)
     monkeypatch.delenv("METANET_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     reset_registry()

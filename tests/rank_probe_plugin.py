@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from metanet import hookimpl
-from metanet.runtime import current
-from metanet.training import LossLog, Schedule, batches, features, linear_head
+from metanet.train.runtime import current
+from metanet.train.loop import LossLog, Schedule, batches, features, linear_head
 
 
 def _digest(*modules) -> str:

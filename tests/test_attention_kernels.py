@@ -111,7 +111,7 @@ def test_torch_flop_counter_counts_forward_and_backward():
 
 
 def test_fvcore_handle_counts_the_custom_op():
-    from metanet.counter import attention_flop_jit
+    from metanet.search_spaces.counter import attention_flop_jit
     from fvcore.nn import FlopCountAnalysis
 
     class Op(torch.nn.Module):

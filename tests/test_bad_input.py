@@ -21,10 +21,10 @@ from click.testing import CliRunner
 
 from metanet.cli import cli
 from metanet.errors import RunError
-from metanet.run_dir import RunDir
-from metanet.search import run_search
-from metanet.search_config import SearchConfig
-from metanet.store import TrialStore
+from metanet.runs.directory import RunDir
+from metanet.search.driver import run_search
+from metanet.runs.config import SearchConfig
+from metanet.runs.store import TrialStore
 
 FAST = {"stages": ["zero-cost"], "proxy_resolution": 16, "flops": [400_000_000]}
 MARKER = "metanet_marker_plugin"  # a plugin module that only an edited config.json names
@@ -470,7 +470,7 @@ def test_two_writers_on_one_run(tmp_path):
 ZYGOTE = textwrap.dedent(r"""
     import json, os, signal, sys
     import lightning_fabric, nni.nas.evaluator, nni.nas.experiment, nni.nas.strategy
-    import metanet.cli, metanet.nni_experiment, metanet.runtime, metanet.search, metanet.trial
+    import metanet.cli, metanet.search.nni_adapter, metanet.train.runtime, metanet.search.driver, metanet.search.trial
     from metanet.search_spaces.budget_space import budget_space
     from metanet.search_spaces.unified import DEFAULT_SPACE
     budget_space(DEFAULT_SPACE, 400_000_000, (0.9, 1.0), 224)
@@ -597,7 +597,7 @@ def test_sigkill_during_export_force_leaves_the_old_or_the_new_export(tmp_path):
     run_search(SearchConfig.from_dict({**FAST, "trials": 2, "out": str(run)}), progress=False, echo=lambda m: None)
     old_id, new_id = (r["id"] for r in TrialStore(run / "trials.sqlite").trials())
     out = tmp_path / "export"
-    from metanet.export import export_run
+    from metanet.export.run_export import export_run
     export_run(run, out, trial=old_id, formats=("onnx",))
     assert _complete_export(out) == old_id
     seen = set()
@@ -628,18 +628,18 @@ def _two_runs_exports(tmp_path):
     run = tmp_path / "run"
     run_search(SearchConfig.from_dict({**FAST, "trials": 2, "out": str(run)}), progress=False, echo=lambda m: None)
     old_id, new_id = (r["id"] for r in TrialStore(run / "trials.sqlite").trials())
-    from metanet.export import export_run
+    from metanet.export.run_export import export_run
     export_run(run, tmp_path / "export", trial=old_id)
     return run, old_id, new_id
 
 
 def test_export_without_an_atomic_swap_deletes_the_old_export_only_after_the_new_one_is_in_place(
         tmp_path, monkeypatch):
-    import metanet.export
-    from metanet.export import export_run
+    import metanet.export.run_export
+    from metanet.export.run_export import export_run
     run, old_id, new_id = _two_runs_exports(tmp_path)
     out = tmp_path / "export"
-    monkeypatch.setattr(metanet.export, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(metanet.export.run_export, "_exchange", lambda a, b: False)
     rename, moves = os.rename, []
 
     def watched(src, dst):
@@ -665,8 +665,8 @@ def test_export_without_an_atomic_swap_deletes_the_old_export_only_after_the_new
 
 KILL_BETWEEN_RENAMES = textwrap.dedent("""
     import os, signal, sys
-    import metanet.export
-    metanet.export._exchange = lambda a, b: False
+    import metanet.export.run_export
+    metanet.export.run_export._exchange = lambda a, b: False
     rename = os.rename
 
     def rename_then_die(src, dst):
@@ -675,7 +675,7 @@ KILL_BETWEEN_RENAMES = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
 
     os.rename = rename_then_die
-    metanet.export.export_run(sys.argv[1], sys.argv[2], trial=int(sys.argv[3]), force=True)
+    metanet.export.run_export.export_run(sys.argv[1], sys.argv[2], trial=int(sys.argv[3]), force=True)
 """)
 
 

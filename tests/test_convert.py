@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from metanet.cli import cli
-from metanet.convert import convert_state_dict
+from metanet.export.convert import convert_state_dict
 from metanet.search_spaces.metanet import MetaNet
 from metanet.search_spaces.spec import ArchSpec
 

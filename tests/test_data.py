@@ -90,7 +90,7 @@ def _paths(ds):
 
 def test_validation_is_carved_from_train_stratified_and_disjoint_from_test(tmp_path):
     from metanet.data import load_data
-    from metanet.plugin_manager import registry
+    from metanet.plugin.manager import registry
     for c in ("cat", "dog", "owl"):
         _images(tmp_path / "downstream" / "pets" / c, n=20)
     data = load_data(registry(), f"folder:{tmp_path}", 8, seed=3, val_fraction=0.25)
@@ -110,7 +110,7 @@ def test_validation_is_carved_from_train_stratified_and_disjoint_from_test(tmp_p
 
 def test_a_given_val_folder_is_used_as_is(tmp_path):
     from metanet.data import load_data
-    from metanet.plugin_manager import registry
+    from metanet.plugin.manager import registry
     for c in ("cat", "dog"):
         _images(tmp_path / "downstream" / "pets" / "train" / c)
         _images(tmp_path / "downstream" / "pets" / "val" / c, n=3)
@@ -123,9 +123,9 @@ def test_a_given_val_folder_is_used_as_is(tmp_path):
 def test_a_fixed_subset_list_is_used_verbatim_by_downstream(tmp_path):
     from conftest import tiny_spec_dict
     from metanet.data import load_data
-    from metanet.plugin_manager import registry
+    from metanet.plugin.manager import registry
     from metanet.search_spaces.spec import ArchSpec
-    from metanet.stages import evaluate_candidate
+    from metanet.evaluate.candidate import evaluate_candidate
     task = tmp_path / "downstream" / "pets"
     for c in ("cat", "dog"):
         _images(task / c, n=15)
@@ -161,10 +161,10 @@ def test_folder_images_train_augmented_measure_centre_cropped_with_workers(tmp_p
     # crop + flip) for what stages learn from, resize + centre crop for val/test, loaders with workers.
     from conftest import tiny_spec_dict
     from metanet.data import load_data
-    from metanet.plugin_manager import registry
+    from metanet.plugin.manager import registry
     from metanet.search_spaces.spec import ArchSpec
-    from metanet.stages import evaluate_candidate
-    from metanet.training import loader_options
+    from metanet.evaluate.candidate import evaluate_candidate
+    from metanet.train.loop import loader_options
     monkeypatch.setattr("metanet.data.images.FOLDER_WORKERS", 1)  # the default is 0 on 2 cores (no spare core)
     g = torch.Generator().manual_seed(0)
     for part, classes in (("upstream/shapes", ("a", "b")), ("downstream/pets", ("cat", "dog"))):

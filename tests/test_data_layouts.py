@@ -16,7 +16,7 @@ from conftest import CIFAR_CLASSES, tiny_spec_dict
 from metanet.cli import cli
 from metanet.data import DataError, load_data
 from metanet.data import decoded
-from metanet.plugin_manager import registry
+from metanet.plugin.manager import registry
 from metanet.search_spaces.spec import ArchSpec
 
 TRAIN, TEST = 24, 8  # images per class of the sample (conftest.cifar_sample)

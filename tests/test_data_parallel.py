@@ -8,10 +8,10 @@ from conftest import tiny_spec_dict
 from metanet.cli import cli
 from metanet.data import load_digits_bundle
 from metanet.errors import ConfigError
-from metanet.plugin_manager import PluginManager
-from metanet.runtime import Runtime
+from metanet.plugin.manager import PluginManager
+from metanet.train.runtime import Runtime
 from metanet.search_spaces.spec import ArchSpec
-from metanet.stages import evaluate_candidate
+from metanet.evaluate.candidate import evaluate_candidate
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_evaluate_with_two_cpu_ranks_reports_world_size(tmp_path):
 def test_devices_are_checked_before_any_work():
     from types import SimpleNamespace
 
-    from metanet.nni_experiment import resolve_gpus
+    from metanet.search.nni_adapter import resolve_gpus
     with pytest.raises(ConfigError, match="devices: expected a whole number >= 1, got 0"):
         Runtime.create("cpu", "32", 0)
     # a trial on 2 GPUs needs NNI to give it 2
@@ -69,7 +69,7 @@ def test_compile_runs_the_stages_forward_passes_through_dynamo(digits, monkeypat
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    import metanet.training as training
+    import metanet.train.loop as training
     # Dynamo's graph capture of the whole candidate, without inductor's C++ build (minutes on 2 cores)
     monkeypatch.setattr(training, "COMPILE_OPTIONS", {"backend": "eager"})
     spec = ArchSpec.from_dict(tiny_spec_dict())

@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 
 import metanet  # noqa: F401  (registers the timm models)
 from metanet.cli import cli
-from metanet.export import ExportError, export_run
-from metanet.run_dir import RunDir
-from metanet.search import run_search
-from metanet.search_config import SearchConfig
+from metanet.export.run_export import ExportError, export_run
+from metanet.runs.directory import RunDir
+from metanet.search.driver import run_search
+from metanet.runs.config import SearchConfig
 from metanet.search_spaces.metanet import MetaNet
 from metanet.search_spaces.spec import ArchSpec
 
@@ -153,7 +153,7 @@ def test_corrupt_weights_and_spec_are_named(run, tmp_path):
     failed_run = tmp_path / "nothing"
     failed_run.mkdir()
     (failed_run / "config.json").write_text(SearchConfig(out=str(failed_run)).to_json())
-    from metanet.store import TrialStore
+    from metanet.runs.store import TrialStore
     TrialStore(failed_run / "trials.sqlite")
     with pytest.raises(ExportError, match="no finished trial"):
         export_run(failed_run, tmp_path / "z")

@@ -8,10 +8,10 @@ from conftest import tiny_spec_dict
 from metanet.cli import cli
 from metanet.data import load_digits_bundle
 from metanet.errors import ConfigError, PluginError
-from metanet.plugin_manager import PluginManager, registry
-from metanet.search_config import SearchConfig, load_config_file
+from metanet.plugin.manager import PluginManager, registry
+from metanet.runs.config import SearchConfig, load_config_file
 from metanet.search_spaces.spec import ArchSpec
-from metanet.stages import default_score_weights, evaluate_candidate
+from metanet.evaluate.candidate import default_score_weights, evaluate_candidate
 
 
 @pytest.fixture

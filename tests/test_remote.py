@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from metanet.search import run_search
-from metanet.search_config import SearchConfig
+from metanet.search.driver import run_search
+from metanet.runs.config import SearchConfig
 
 SSHD = "/usr/sbin/sshd"
 
@@ -80,7 +80,7 @@ def test_remote_search_runs_trials_on_both_machines(tmp_path, two_ssh_servers):
         assert "'nniManagerIP': '127.0.0.1'" in text and "start to run trial" in text
         # the trials were never told where the run directory is: their rows came back through NNI's channel
         assert '"settings": {"run_dir": null' in text
-    from metanet.run_dir import RunDir
+    from metanet.runs.directory import RunDir
     rows = RunDir.open(tmp_path / "run").store.trials()
     assert len(rows) == 2 and all(r["status"] == "ok" and r["score"] is not None for r in rows)
     assert all(r["metrics"]["zero-cost.score"] == r["score"] for r in rows)

@@ -81,7 +81,7 @@ def test_the_supernet_stage_twice_gives_identical_numbers(arch, tmp_path):
     out = tmp_path / "sn"
     assert CliRunner().invoke(cli, [*TRAIN, "--steps", "2", "--save-every", "2", "--out", str(out)]).exit_code == 0
     from metanet.search_spaces.budget_space import budget_space
-    from metanet.search_spaces.supernet import sample_specs
+    from metanet.search_spaces.supernet_model import sample_specs
     from metanet.search_spaces.unified import DEFAULT_SPACE
     import random
     spec = tmp_path / "spec.json"

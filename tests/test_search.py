@@ -12,11 +12,11 @@ from click.testing import CliRunner
 
 from metanet.cli import cli
 from metanet.errors import RunError
-from metanet.nni_experiment import screen_penalty
-from metanet.run_dir import RunDir
-from metanet.search import run_search
-from metanet.search_config import SearchConfig
-from metanet.store import TrialStore
+from metanet.search.nni_adapter import screen_penalty
+from metanet.runs.directory import RunDir
+from metanet.search.driver import run_search
+from metanet.runs.config import SearchConfig
+from metanet.runs.store import TrialStore
 
 CHEAP = {"stages": ["zero-cost"], "proxy_resolution": 16, "trials": 3, "flops": [400_000_000]}
 
@@ -44,7 +44,7 @@ def test_each_strategy_evaluates_what_it_proposed_inside_the_band(tmp_path, stra
 
 
 def test_recounted_flops_of_evaluated_trials_lie_in_the_band(tmp_path):
-    from metanet.counter import count_flops
+    from metanet.search_spaces.counter import count_flops
     from metanet.search_spaces.metanet import MetaNet
     _, store = _search(tmp_path, flops=[1_200_000_000], trials=2)
     for r in store.trials():
@@ -111,7 +111,7 @@ def test_the_penalty_grows_with_the_distance_from_the_band():
 
 
 def test_soft_constraint_reward(tmp_path):
-    from metanet.trial import soft_reward
+    from metanet.search.trial import soft_reward
     assert soft_reward(0.8, 1.2e9, 1e9, -0.07) == pytest.approx(0.8 * 1.2 ** -0.07)
     _, store = _search(tmp_path, budget_mode="soft", soft_weight=-0.5, trials=2)
     for r in store.trials():
@@ -131,7 +131,7 @@ def test_a_seed_reproduces_the_same_trials(tmp_path, strategy):
 
 def test_evolution_resumes_with_its_population(tmp_path):
     from nni.nas.strategy import RegularizedEvolution
-    from metanet.nni_experiment import warm_start
+    from metanet.search.nni_adapter import warm_start
     _, store = _search(tmp_path, strategy="evolution", trials=3)
     strategy = RegularizedEvolution(population_size=8, sample_size=4)
     assert warm_start(strategy, store, 400_000_000) == "population"
@@ -258,7 +258,7 @@ def test_search_finished_hook_and_pareto_front(tmp_path, monkeypatch):
     summary, _ = _search(tmp_path, trials=1, plugins=["watch_plugin"])
     import watch_plugin
     assert watch_plugin.RUNS[0]["trials"] == 1 and watch_plugin.RUNS[0]["out_dir"] == str(summary.run_dir)
-    from metanet.report import pareto_front
+    from metanet.search.report import pareto_front
     pts = [(1, 0.5), (2, 0.4), (2, 0.7), (3, 0.6), (4, 0.9)]
     assert pareto_front(pts) == [0, 2, 4]
 
@@ -308,7 +308,7 @@ def _node_listens(host: str, call: str) -> dict:
     """Start a server in NNI's own node as NNI's manager would be started, with ``call`` as its listen."""
     import subprocess
     import nni_node
-    from metanet.nni_experiment import nni_listens_on
+    from metanet.search.nni_adapter import nni_listens_on
     script = ("const http = require('http'); const s = http.createServer((q, r) => r.end('ok'));"
               "const get = (n) => http.get({host: '127.0.0.1', port: s.address().port}, (r) => {"
               "  let b = ''; r.on('data', (d) => b += d); r.on('end', () => { report(b); }); })"
@@ -339,7 +339,7 @@ def test_nni_manager_listens_where_asked(host, call, address):
 
 def test_web_host_is_checked_before_the_run(tmp_path):
     from metanet.errors import ConfigError
-    from metanet.search import check_engine
+    from metanet.search.driver import check_engine
     assert SearchConfig.from_dict({"web_host": "localhost"}).web_host == "127.0.0.1"
     for bad in ("example.com", 5, "127.0.0.1:80"):
         with pytest.raises(ConfigError, match="web_host: expected an IP address"):
@@ -396,7 +396,7 @@ def test_existing_run_dir_is_not_overwritten(tmp_path):
 
 
 def test_remote_machines_file_is_validated(tmp_path):
-    from metanet.remote import RemoteConfigError, remote_service_config
+    from metanet.search.remote import RemoteConfigError, remote_service_config
     key = tmp_path / "id_ed25519"
     key.write_text("not a real key")
     good = tmp_path / "machines.yaml"
@@ -416,7 +416,7 @@ def test_remote_machines_file_is_validated(tmp_path):
 
 
 def test_gpus_per_trial_reach_nni_and_zero_is_never_forced_on_gpus(tmp_path):
-    from metanet.nni_experiment import experiment_config, resolve_gpus
+    from metanet.search.nni_adapter import experiment_config, resolve_gpus
     cfg = SearchConfig.from_dict({**CHEAP, "engine": "ts", "concurrency": 2, "gpus_per_trial": 1,
                                   "trials_per_gpu": 2})
     service = experiment_config(cfg, 3, local_gpus=2).canonical_copy().training_service
@@ -442,7 +442,7 @@ def test_training_service_options_need_the_ts_engine(tmp_path):
 
 
 def test_remote_config_takes_the_interpreter_or_its_folder_and_the_manager_address(tmp_path):
-    from metanet.nni_experiment import experiment_config
+    from metanet.search.nni_adapter import experiment_config
     key = tmp_path / "id_ed25519"
     key.write_text("not a real key")
     machines = tmp_path / "machines.yaml"
@@ -458,7 +458,7 @@ def test_remote_config_takes_the_interpreter_or_its_folder_and_the_manager_addre
 
 
 def test_nni_errors_never_print_ssh_secrets():
-    from metanet.nni_experiment import redact
+    from metanet.search.nni_adapter import redact
     text = ("Bad training service platform: RemoteConfig(machine_list=[RemoteMachineConfig(host='10.0.0.5', "
             "user='ml', password='hunter2', ssh_passphrase=\"open sesame\")])")
     out = redact(text)

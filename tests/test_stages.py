@@ -8,10 +8,10 @@ import torch
 from conftest import tiny_spec_dict
 from metanet.data import HELDOUT_DIGITS, load_digits_bundle
 from metanet.errors import ConfigError, UnknownName
-from metanet.plugin_manager import registry
+from metanet.plugin.manager import registry
 from metanet.search_spaces.spec import ArchSpec
 from metanet.search_spaces.unified import sample_within_budget
-from metanet.stages import combine_score, default_score_weights, evaluate_candidate, parse_score
+from metanet.evaluate.candidate import combine_score, default_score_weights, evaluate_candidate, parse_score
 
 TINY = {"amateur": {"max_steps": 12, "batch_size": 32}, "expert": {"max_steps": 6, "batch_size": 32},
         "generalist": {"max_steps": 8, "batch_size": 32}, "downstream": {"epochs": 40}}
@@ -94,7 +94,7 @@ def test_score_is_validation_and_test_score_is_its_test_counterpart(digits):
 
 
 def test_repeats_average_seeds_and_report_their_spread(digits):
-    from metanet.stages import evaluate_repeated
+    from metanet.evaluate.candidate import evaluate_repeated
     spec = ArchSpec.from_dict(tiny_spec_dict())
     settings = {"downstream": {"epochs": 5, "finetune_steps": 3}}
     single = [evaluate_candidate(spec, ["downstream"], digits, config=settings, seed=s) for s in (4, 5)]
@@ -191,7 +191,7 @@ def test_downstream_tasks_are_independent_of_each_other(digits):
 def test_schedule_warms_up_decays_clips_and_spares_norms_from_weight_decay():
     import torch.nn as nn
 
-    from metanet.training import LossLog, Schedule
+    from metanet.train.loop import LossLog, Schedule
     model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
     cfg = {"lr": 0.1, "optimizer": "sgd", "weight_decay": 0.05, "schedule": "cosine", "warmup": 0.2,
            "min_lr_ratio": 0.01, "clip_grad": 0.5}

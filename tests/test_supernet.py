@@ -17,7 +17,7 @@ from metanet.errors import SupernetError
 from metanet.search_spaces.budget_space import budget_space
 from metanet.search_spaces.metanet import MetaNet
 from metanet.search_spaces.presets import PRESETS
-from metanet.search_spaces.supernet import Supernet, sample_specs
+from metanet.search_spaces.supernet_model import Supernet, sample_specs
 from metanet.search_spaces.unified import DEFAULT_SPACE
 
 BUDGET, RES = 150_000_000, 32

@@ -12,14 +12,23 @@ sources, views and transforms), :mod:`.folders` (the folder layouts, links and s
 (``--data`` to a bundle). This package imports nothing of metanet's but its errors and the export
 normalisation; the stages import it, never the reverse.
 """
-from ..errors import DataError
-from .bundle import DEFAULT_MIN_VAL_IMAGES, DEFAULT_VAL_FRACTION, DataBundle, Split, dataset_labels, for_eval, split_indices, subset
-from .digits import HELDOUT_DIGITS, UPSTREAM_DIGITS, load_digits_bundle
-from .folders import load_folder_bundle, read_tasks
-from .images import ImageSource, ImageTransforms, ImageViews, folder_workers, to_rgb
-from .load import load_data
+# The names below, imported from their modules on first use (PEP 562): `import metanet` reads the normalisation
+# constants from this package, and that should not import torch.
+_EXPORTS = {
+    "DataError": "metanet.errors", "DEFAULT_MIN_VAL_IMAGES": "metanet.data.bundle",
+    "DEFAULT_VAL_FRACTION": "metanet.data.bundle", "DataBundle": "metanet.data.bundle", "Split": "metanet.data.bundle",
+    "dataset_labels": "metanet.data.bundle", "for_eval": "metanet.data.bundle", "split_indices": "metanet.data.bundle",
+    "subset": "metanet.data.bundle", "HELDOUT_DIGITS": "metanet.data.digits", "UPSTREAM_DIGITS": "metanet.data.digits",
+    "load_digits_bundle": "metanet.data.digits", "load_folder_bundle": "metanet.data.folders",
+    "read_tasks": "metanet.data.folders", "ImageSource": "metanet.data.images", "ImageTransforms": "metanet.data.images",
+    "ImageViews": "metanet.data.images", "folder_workers": "metanet.data.images", "to_rgb": "metanet.data.images",
+    "load_data": "metanet.data.load",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["DEFAULT_MIN_VAL_IMAGES", "DEFAULT_VAL_FRACTION", "DataBundle", "DataError", "HELDOUT_DIGITS", "ImageSource",
-           "ImageTransforms", "ImageViews", "Split", "UPSTREAM_DIGITS", "dataset_labels", "folder_workers",
-           "for_eval", "load_data", "load_digits_bundle", "load_folder_bundle", "read_tasks", "split_indices",
-           "subset", "to_rgb"]
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'metanet.data' has no attribute {name!r}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from ..errors import DataError
+from metanet.errors import DataError
 
 DEFAULT_VAL_FRACTION = 0.2
 # A carved validation split holds at least this many images (at most a quarter of the training set): with

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DataError
-from .images import ImageSource, ImageTransforms, ImageViews
+from metanet.errors import DataError
+from metanet.data.images import ImageSource, ImageTransforms, ImageViews
 
 CACHE_DIR = "data-cache"
 MEMORY_SHARE = 0.5  # of the memory available, at most, for decoded images
@@ -141,7 +141,7 @@ def _mapped(cache_dir: Path, key: str, source: ImageSource, resolution: int) -> 
 def write_cache(bundle, cache_dir: str | os.PathLike) -> list[Path]:
     """Write the decoded pixels of ``bundle`` (decoded already) to ``cache_dir``, atomically, for trial
     processes to map; returns the files written or found there."""
-    from metanet.run_dir import replace_atomically
+    from metanet.atomic import replace_atomically
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     out = []

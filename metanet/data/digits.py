@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from .bundle import DataBundle, Split, split_indices
-from .images import mean_std
+from metanet.data.bundle import DataBundle, Split, split_indices
+from metanet.data.images import mean_std
 
 UPSTREAM_DIGITS = tuple(range(7))
 HELDOUT_DIGITS = (7, 8, 9)

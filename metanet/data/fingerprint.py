@@ -12,7 +12,7 @@ import hashlib
 import torch
 from torch.utils.data import Subset, TensorDataset
 
-from .images import ImageViews
+from metanet.data.images import ImageViews
 
 
 def _part(h, ds) -> int:

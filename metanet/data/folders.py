@@ -27,9 +27,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import DataError
-from .bundle import DataBundle, Split, split_indices
-from .images import ImageSource, ImageTransforms, ImageViews, image_extensions
+from metanet.errors import DataError
+from metanet.data.bundle import DataBundle, Split, split_indices
+from metanet.data.images import ImageSource, ImageTransforms, ImageViews, image_extensions
 
 SPLITS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
 DEFAULT_TEST_FRACTION = 0.2

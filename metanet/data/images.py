@@ -10,7 +10,7 @@ Once :mod:`metanet.data.decoded` has decoded a source (``source.pixels``: uint8 
 resized and centre-cropped), its views read those pixels and augment them as tensors
 (:mod:`metanet.data.augment`) instead of decoding files: every trial of a search shares one decode.
 
-Views take ``(index, seed)`` items as well as plain indices: :func:`metanet.training.batches` draws the
+Views take ``(index, seed)`` items as well as plain indices: :func:`metanet.train.loop.batches` draws the
 seeds from its own generator, so a training view's augmentation depends on the stream's seed and
 nothing else, with or without loader workers.
 """
@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from metanet.errors import DataError
 
 # Decoding processes per loader of files decoded per step (--no-cache); None: a quarter of the cores, at most
 # 8. Workers only pay where cores are spare: on 2 cores they took them from the training step (-35% images/s,
@@ -42,10 +42,11 @@ def folder_workers() -> int:
     return min(8, (os.cpu_count() or 1) // 4)
 
 
+from metanet.data.normalisation import MEAN, STD  # noqa: E402
+
+
 def mean_std():
-    # one normalisation for the data, the timm config and the export config
-    from metanet.search_spaces.timm_models import EXPORT_MEAN, EXPORT_STD
-    return EXPORT_MEAN, EXPORT_STD
+    return MEAN, STD
 
 
 def image_extensions() -> set[str]:
@@ -232,7 +233,7 @@ class ImageViews(Dataset):
         if pixels is not None:
             x = pixels[k]
             if self.train:
-                from .augment import augment
+                from metanet.data.augment import augment
                 x = augment(x, _generator(seed))
             return self.transforms.normalise(x), target
         img = self.source.open(k)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import DataError
-from .bundle import DEFAULT_MIN_VAL_IMAGES, DEFAULT_VAL_FRACTION, DataBundle
-from .timm_datasets import is_timm_name, load_timm_dataset
+from metanet.errors import DataError
+from metanet.data.bundle import DEFAULT_MIN_VAL_IMAGES, DEFAULT_VAL_FRACTION, DataBundle
+from metanet.data.timm_datasets import is_timm_name, load_timm_dataset
 
 
 def load_data(pm, source: str, resolution: int, seed: int, val_fraction: float = DEFAULT_VAL_FRACTION, *,
@@ -31,8 +31,8 @@ def load_data(pm, source: str, resolution: int, seed: int, val_fraction: float =
         if not isinstance(bundle, DataBundle):
             raise DataError(f"data: loader of {source!r} returned {type(bundle).__name__}, not a DataBundle")
     for folder in downstream or ():
-        from .folders import DEFAULT_TEST_FRACTION, read_tasks
-        from .images import ImageTransforms
+        from metanet.data.folders import DEFAULT_TEST_FRACTION, read_tasks
+        from metanet.data.images import ImageTransforms
         notes: list[str] = []
         path = Path(folder)
         if not path.is_dir():
@@ -41,7 +41,7 @@ def load_data(pm, source: str, resolution: int, seed: int, val_fraction: float =
                                    f"downstream: {folder}")
         bundle.notes.extend(notes)
     bundle = bundle.with_validation(val_fraction, seed, min_val_images)
-    from .decoded import decode_bundle
+    from metanet.data.decoded import decode_bundle
     return decode_bundle(bundle, cache=cache, cache_dir=cache_dir)
 
 
@@ -59,3 +59,34 @@ def _load(pm, source: str, resolution: int, seed: int) -> DataBundle:
             raise DataError(f"data: {source} is a folder; say which loader reads it as NAME:{source} ({names})")
         return readers[0].load(resolution, seed, source)
     return pm.dataset(source).load(resolution, seed)
+
+
+_loaded: dict[tuple, DataBundle] = {}
+
+
+def absolute_data(source: str) -> str:
+    """``PATH`` or ``NAME:PATH`` with an existing folder made absolute; a dataset name as it is (what trials in
+    other working directories, NNI's trial processes, can use)."""
+    name, colon, path = source.partition(":")
+    if colon and os.path.isdir(path):
+        return f"{name}:{os.path.abspath(path)}"
+    return os.path.abspath(source) if os.path.isdir(source) else source
+
+
+def load_cached(pm, data: str, proxy_resolution: int, seed: int, val_fraction: float, *, data_dir: str | None = None,
+                downstream=(), cache: bool = True, cache_dir: str | None = None,
+                min_val_images: int | None = None) -> DataBundle:
+    """:func:`load_data`, once per process for the same arguments: a search's checks load what its trials then
+    use, and every trial of the sequential engine shares it."""
+    min_val = DEFAULT_MIN_VAL_IMAGES if min_val_images is None else min_val_images
+    key = (absolute_data(data), proxy_resolution, seed, val_fraction, data_dir and os.path.abspath(data_dir),
+           tuple(os.path.abspath(d) for d in downstream or ()), cache, min_val)
+    if key not in _loaded:
+        _loaded[key] = load_data(pm, key[0], proxy_resolution, seed, val_fraction, data_dir=data_dir,
+                                 downstream=downstream, cache=cache, cache_dir=cache_dir, min_val_images=min_val)
+    return _loaded[key]
+
+
+def forget_loaded() -> None:
+    """Read the data again on the next load (a re-run checks the data as it is now)."""
+    _loaded.clear()

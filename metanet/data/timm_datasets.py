@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DataError
-from .bundle import DataBundle, Split, split_indices
-from .images import ImageSource, ImageTransforms, ImageViews
+from metanet.errors import DataError
+from metanet.data.bundle import DataBundle, Split, split_indices
+from metanet.data.images import ImageSource, ImageTransforms, ImageViews
 
 PREFIXES = ("hfds", "wds")
 VAL_NAMES = ("validation", "val", "valid")
@@ -128,7 +128,7 @@ def _wds_fingerprint(data_dir: Path, info: dict, split: str) -> str:
 
 def _wds_split(shown: str, name: str, data_dir: Path, info: dict, split: str, transforms: ImageTransforms,
                cache_dir, notes: list[str]) -> ImageSource:
-    from .decoded import cached_listing, decoded_count
+    from metanet.data.decoded import cached_listing, decoded_count
     fingerprint = _wds_fingerprint(data_dir, info, split)
     memo = f"{fingerprint}|{transforms.cache_key}"
     if memo in _STREAMED:

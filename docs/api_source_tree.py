@@ -1,0 +1,26 @@
+"""MkDocs hook: the source tree as Python sees it, for mkdocstrings to read.
+
+setup.py maps the sibling folders ``plugins/``, ``search_spaces/`` and ``kernels/`` into the ``metanet``
+package; reading the repository alone, griffe would not find ``metanet.search_spaces``. Before the build this
+hook lays out ``build/api-src/metanet`` as links to ``metanet/``'s entries and to the three folders (nothing
+is copied; ``build/`` is ignored by git).
+"""
+import os
+import shutil
+from pathlib import Path
+
+MAPPED = {"plugins": "plugins", "search_spaces": "search_spaces", "kernels": "kernels"}
+
+
+def on_config(config):
+    root = Path(config.config_file_path).resolve().parent
+    tree = root / "build" / "api-src" / "metanet"
+    if tree.parent.exists():
+        shutil.rmtree(tree.parent)
+    tree.mkdir(parents=True)
+    for entry in (root / "metanet").iterdir():
+        if entry.name != "__pycache__":
+            os.symlink(entry, tree / entry.name)
+    for name, folder in MAPPED.items():
+        os.symlink(root / folder, tree / name)
+    return config

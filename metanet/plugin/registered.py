@@ -1,0 +1,233 @@
+"""What plugins register: typed entries that carry their own behaviour.
+
+Each collection hook hands plugins a ``register(name, obj, **options)`` callback; the plugin
+manager turns every call into one of the classes below, attributed to the plugin that made it.
+``obj`` may be the object itself or a ``"module:attribute"`` reference resolved on first use, so
+that built-ins whose code needs torch keep the registry (and ``metanet --help``) light.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from metanet.errors import ConfigError, PluginError
+
+
+def resolve(ref: Any) -> Any:
+    """``"package.module:attr"`` -> the attribute; anything else is returned as is."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, attr = ref.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split(".") if attr else ():
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass
+class Registered:
+    """One registration: its name, the object (or a reference to it), the plugin and its options."""
+
+    name: str
+    ref: Any
+    plugin: str
+    options: dict[str, Any] = field(default_factory=dict)
+    kind: str = "entry"
+    OPTIONS: ClassVar[tuple[str, ...]] = ("description",)
+
+    def __post_init__(self):
+        unknown = [k for k in self.options if k not in self.OPTIONS]
+        if unknown:
+            raise PluginError(f"plugin '{self.plugin}': {self.kind} {self.name!r}: unknown option {unknown[0]!r} "
+                              f"(options: {', '.join(self.OPTIONS)})", self.plugin)
+
+    @property
+    def obj(self) -> Any:
+        """The registered object, imported on first use when registered by reference."""
+        if isinstance(self.ref, str):
+            try:
+                self.ref = resolve(self.ref)
+            except (ImportError, AttributeError) as exc:
+                raise PluginError(f"plugin '{self.plugin}': {self.kind} {self.name!r}: cannot load {self.ref!r} "
+                                  f"({type(exc).__name__}: {exc})", self.plugin) from None
+        return self.ref
+
+    @property
+    def description(self) -> str:
+        return self.options.get("description", "")
+
+    def summary(self) -> dict[str, Any]:
+        return {"plugin": self.plugin, "description": self.description}
+
+
+@dataclass
+class Operator(Registered):
+    """A block operator: ``factory(cin, cout, stride, expand, head_dim, drop_path, grid) -> nn.Module``.
+
+    ``cost`` (optional) has the same arguments plus ``hw_in``/``hw_out`` and returns (flops, params);
+    without it, one built block is counted with fvcore, once per shape.
+    """
+
+    kind: str = "operator"
+    OPTIONS: ClassVar[tuple[str, ...]] = ("cost", "attention", "description")
+
+    @property
+    def attention(self) -> bool:
+        return bool(self.options.get("attention", False))
+
+    def build(self, cin: int, cout: int, stride: int, expand: float, head_dim: int, drop_path: float,
+              grid: tuple[int, int]):
+        return self.obj(cin, cout, stride, expand, head_dim, drop_path, grid)
+
+    @property
+    def cost_formula(self):
+        """The registered ``cost`` formula (resolved from ``"module:attr"`` once), or None: then the estimator
+        counts a built block (:func:`metanet.search_spaces.estimate.block_cost`)."""
+        formula = self.options.get("cost")
+        if isinstance(formula, str):  # resolved once: this runs in the FLOP DPs
+            formula = self.options["cost"] = resolve(formula)
+        return formula
+
+    def summary(self) -> dict[str, Any]:
+        return {**super().summary(), "attention": self.attention, "cost_formula": "cost" in self.options}
+
+
+@dataclass
+class Stage(Registered):
+    """An evaluation stage: ``run(context) -> {metric: number}`` with declared capabilities.
+
+    ``defaults``: the settings users override with ``--set stage.key=value``. ``trains_backbone``:
+    the stage leaves trained backbone weights in ``context.state[name]["weights"]`` (kept for export).
+    ``score_metric``: the metric that scores a candidate when this is the last scoring stage (None:
+    this stage never provides the default score). A stage registered without ``run`` is run through
+    the ``metanet_run_stage`` hook, as before. ``check`` (optional, a callable or ``"module:attr"``):
+    ``check(config, setup)`` raises a :class:`metanet.errors.MetanetError` when the stage cannot run on
+    what the search or evaluation is set up with (``setup``: data, proxy_resolution, resolution, space,
+    flops, band), so the user hears it before any trial, not once per failed trial. ``fidelity``: the stage
+    trains in steps a multi-fidelity search sets per rung (``context.fidelity``) and continues across rungs.
+    """
+
+    kind: str = "stage"
+    OPTIONS: ClassVar[tuple[str, ...]] = ("defaults", "description", "trains_backbone", "score_metric", "check",
+                                          "fidelity")
+
+    def preflight(self, config: dict[str, Any], setup: dict[str, Any]) -> None:
+        check = self.options.get("check")
+        if check is None:
+            return
+        if isinstance(check, str):
+            try:
+                check = self.options["check"] = resolve(check)
+            except (ImportError, AttributeError) as exc:
+                raise PluginError(f"plugin '{self.plugin}': stage {self.name!r}: cannot load its check "
+                                  f"({type(exc).__name__}: {exc})", self.plugin) from None
+        check(config, setup)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return dict(self.options.get("defaults") or {})
+
+    @property
+    def trains_backbone(self) -> bool:
+        return bool(self.options.get("trains_backbone", False))
+
+    @property
+    def score_metric(self) -> str | None:
+        return self.options.get("score_metric", "acc")
+
+    @property
+    def fidelity(self) -> bool:
+        """Whether the stage trains in steps a multi-fidelity search sets per rung (and continues)."""
+        return bool(self.options.get("fidelity", False))
+
+    def config(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The defaults with ``overrides`` applied; an unknown key or a value of the wrong type is an error."""
+        defaults = self.defaults
+        out = dict(defaults)
+        for key, value in (overrides or {}).items():
+            if key not in defaults:
+                raise ConfigError(f"stage {self.name!r}: unknown setting {key!r} (settings: {', '.join(defaults)})")
+            out[key] = coerce_setting(f"{self.name}.{key}", value, defaults[key])
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {**super().summary(), "defaults": self.defaults, "trains_backbone": self.trains_backbone,
+                "score_metric": self.score_metric, "fidelity": self.fidelity}
+
+
+def coerce_setting(where: str, value: Any, default: Any) -> Any:
+    """A setting's value in the type of its default (``--set a.b=3`` arrives as int for a float default)."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        # an integer-valued number keeps the default's type; fractional epochs stay fractional
+        return int(value) if isinstance(default, int) and float(value).is_integer() else value
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected text, got {value!r}")
+    return value
+
+
+@dataclass
+class SearchSpace(Registered):
+    """A :class:`metanet.search_spaces.unified.SpaceConfig` under the name ``--space`` selects."""
+
+    kind: str = "search space"
+
+
+@dataclass
+class Strategy(Registered):
+    """``factory(seed=..., **options)`` returns an NNI 3.0 strategy; ``constraints=False`` for HPO-based ones."""
+
+    kind: str = "strategy"
+    OPTIONS: ClassVar[tuple[str, ...]] = ("description", "constraints")
+
+    @property
+    def constraints(self) -> bool:
+        return bool(self.options.get("constraints", True))
+
+    def create(self, seed: int, **options):
+        return self.obj(seed=seed, **options)
+
+
+@dataclass
+class Dataset(Registered):
+    """``loader(resolution, seed, **options)`` (``path=True``: ``loader(path, resolution, seed)``) -> DataBundle."""
+
+    kind: str = "dataset"
+    OPTIONS: ClassVar[tuple[str, ...]] = ("description", "path")
+
+    @property
+    def takes_path(self) -> bool:
+        return bool(self.options.get("path", False))
+
+    def load(self, resolution: int, seed: int, path: str | None = None):
+        if self.takes_path:
+            return self.obj(path, resolution=resolution, seed=seed)
+        return self.obj(resolution=resolution, seed=seed)
+
+
+@dataclass
+class Exporter(Registered):
+    """``export(model, spec, out_dir, **options)`` writes one format into ``out_dir``; returns the path."""
+
+    kind: str = "exporter"
+
+
+KINDS: dict[str, tuple[str, type[Registered]]] = {
+    "search_spaces": ("metanet_register_search_spaces", SearchSpace),
+    "operators": ("metanet_register_operators", Operator),
+    "strategies": ("metanet_register_strategies", Strategy),
+    "datasets": ("metanet_register_datasets", Dataset),
+    "stages": ("metanet_register_stages", Stage),
+    "exporters": ("metanet_register_exporters", Exporter),
+}
+
+__all__ = ["Registered", "Operator", "Stage", "SearchSpace", "Strategy", "Dataset", "Exporter", "KINDS", "resolve",
+           "coerce_setting"]
