@@ -1,4 +1,4 @@
-"""MkDocs hook: the source tree as Python sees it, for mkdocstrings to read.
+"""MkDocs hooks: the source tree as Python sees it, for mkdocstrings to read; the benchmarks' figures.
 
 setup.py maps the sibling folders ``plugins/``, ``search_spaces/`` and ``kernels/`` into the ``metanet``
 package; reading the repository alone, griffe would not find ``metanet.search_spaces``. Before the build this
@@ -24,3 +24,14 @@ def on_config(config):
     for name, folder in MAPPED.items():
         os.symlink(root / folder, tree / name)
     return config
+
+
+def on_files(files, config):
+    """The benchmarks' figures (``benchmarks/results/**/*.png``, committed beside their numbers) published at
+    the same paths under the site, so a page shows the figure the script wrote, not a copy of it."""
+    from mkdocs.structure.files import File
+    root = Path(config.config_file_path).resolve().parent
+    for png in sorted((root / "benchmarks" / "results").rglob("*.png")):
+        files.append(File(png.relative_to(root).as_posix(), str(root), config["site_dir"],
+                          config["use_directory_urls"]))
+    return files

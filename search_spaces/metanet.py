@@ -9,7 +9,6 @@ timm's model contract, as timm's own families meet it: ``forward_features`` (the
 ``reset_classifier``; TorchScript, FX and ``features_only`` (hook and FX) work for any spec. The bottom
 of this module registers ``metanet`` (any spec, ``arch=``) and the released presets with timm.
 """
-from __future__ import annotations
 
 import json
 import math
@@ -93,7 +92,7 @@ class MetaNet(nn.Module):
         self.conv_head = nn.Conv2d(cin, HEAD_WIDTH, 1, bias=False)
         self.bn_head = nn.BatchNorm2d(HEAD_WIDTH)
         self.act_head = nn.GELU()
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))  # timm: '' = the map
         self.head_drop = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(HEAD_WIDTH, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)

@@ -3,7 +3,13 @@ import os
 import random
 import sys
 
-import torch
+# pytest-xdist runs one worker per core (make test: -n 2): each with one torch thread, and so the processes a
+# test starts (a search under SIGKILL, NNI's trial processes, a second CLI run), or two workers' thread pools
+# and their children's would fight over the two cores
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
 
 # Without a GPU the Triton kernels run through Triton's interpreter; the variable is read when the
 # kernels are decorated, so it must be set before metanet.kernels (and Triton) are imported.
@@ -12,8 +18,6 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-# pytest-xdist runs one worker per core (make test: -n 2): each with one torch thread, or two workers' thread
-# pools would fight over the two cores
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 

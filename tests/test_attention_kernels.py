@@ -227,6 +227,7 @@ def test_value_head_dim_other_than_query_head_dim():
     torch.testing.assert_close(attention(q, k, v, bias), attention_reference(q, k, v, bias))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [49, 196, 784])
 @pytest.mark.parametrize("prepadded", [False, True])
 def test_bias_rows_padded_or_not_at_vision_sizes(n, prepadded):
@@ -260,6 +261,7 @@ def test_fp16_with_masked_rows_and_padded_bias():
     _assert_close(got, want, 2e-2)
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_hopper_without_spills():
     """The sm_90 ahead-of-time compile (no GPU needed): no spills, the forward's per-score cost at the 7x7
     grid as at 28x28 (padded bias rows), and a broadcast bias's modelled traffic far below the old design's."""

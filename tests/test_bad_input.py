@@ -433,6 +433,7 @@ def _rows(run):
         return []
 
 
+@pytest.mark.slow
 def test_two_writers_on_one_run(tmp_path):
     run = tmp_path / "run"
     first = _search_proc(tmp_path, "--stages", "zero-cost", "--proxy-resolution", "16", "--trials", "3",
@@ -510,6 +511,7 @@ KILL_MOMENTS = ["starting", "locked", "running", "finished", "running", "finishe
                 "running", "finished"]
 
 
+@pytest.mark.slow
 def test_sigkill_during_search_then_resume_loses_and_duplicates_nothing(tmp_path):
     run, trials = tmp_path / "run", 7
     config = ["--stages", "zero-cost", "--proxy-resolution", "16", "--trials", str(trials), "--flops", "400M",
@@ -562,6 +564,7 @@ def test_sigkill_during_search_then_resume_loses_and_duplicates_nothing(tmp_path
     assert len({json.dumps(r["spec"], sort_keys=True) for r in rows}) == trials  # each architecture once
 
 
+@pytest.mark.slow
 def test_resume_restores_missing_kept_weights(tmp_path):
     cfg = {**FAST, "stages": ["zero-cost", "amateur"], "settings": {"amateur": {"max_steps": 2}}, "trials": 2,
            "out": str(tmp_path / "run")}
@@ -592,6 +595,7 @@ def _complete_export(folder: Path, onnx: bool = True) -> int | None:
     return json.loads((folder / "config.json").read_text())["search"]["trial"]
 
 
+@pytest.mark.slow
 def test_sigkill_during_export_force_leaves_the_old_or_the_new_export(tmp_path):
     run = tmp_path / "run"
     run_search(SearchConfig.from_dict({**FAST, "trials": 2, "out": str(run)}), progress=False, echo=lambda m: None)
@@ -679,6 +683,7 @@ KILL_BETWEEN_RENAMES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_export_killed_between_the_two_renames_keeps_the_old_export(tmp_path):
     run, old_id, new_id = _two_runs_exports(tmp_path)
     out = tmp_path / "export"

@@ -238,6 +238,7 @@ def test_bad_data_is_one_line_before_anything_is_written(plain, tmp_path, damage
     assert not out.exists()  # checked before the run directory is made: nothing half-made, nothing lost
 
 
+@pytest.mark.slow
 def test_an_unreadable_folder_is_named(plain, tmp_path):
     import stat
     shared = tmp_path / "shared"
@@ -266,6 +267,7 @@ FAST = ["--trials", "2", "--flops", "400M", "--proxy-resolution", "16", "--set",
         "--set", "amateur.batch_size=8", "--json"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["folders", "tars", "links"])
 def test_a_default_search_on_plain_images_scores_validation_accuracy(plain, tmp_path, form):
     data = plain
@@ -292,6 +294,7 @@ def test_a_default_search_on_plain_images_scores_validation_accuracy(plain, tmp_
     assert json.loads((out / "config.json").read_text())["stages"] == ["zero-cost", "amateur"]
 
 
+@pytest.mark.slow
 def test_trial_processes_map_the_images_the_search_decoded(plain, tmp_path):
     out = tmp_path / "run"
     port = 18600 + os.getpid() % 1000

@@ -36,6 +36,7 @@ def test_ranks_train_on_disjoint_shards_and_stay_identical(digits, tmp_path):
     assert ranks[0]["digest"] == ranks[1]["digest"]
 
 
+@pytest.mark.slow
 def test_evaluate_with_two_cpu_ranks_reports_world_size(tmp_path):
     path = tmp_path / "arch.json"
     ArchSpec.from_dict(tiny_spec_dict()).save(path)
@@ -65,6 +66,7 @@ def test_devices_are_checked_before_any_work():
     assert out.exit_code == 2 and "--devices" in out.output
 
 
+@pytest.mark.slow
 def test_compile_runs_the_stages_forward_passes_through_dynamo(digits, monkeypatch):
     import torch._dynamo
     from torch._dynamo.utils import counters

@@ -38,6 +38,7 @@ def _run(tmp_path, name, **options):
     return RunDir.open(tmp_path / name), messages
 
 
+@pytest.mark.slow
 def test_the_strategy_never_receives_a_test_split_metric(tmp_path, monkeypatch):
     # The same search on the same images, once with every test label wrong: what the strategy receives
     # (nni.report_final_result, spied on, not replaced) is identical; only the reported test score moves.
@@ -57,7 +58,7 @@ def test_the_strategy_never_receives_a_test_split_metric(tmp_path, monkeypatch):
     rows = {}
     for current, data in (("plain", "digits"), ("wrong", "digits-wrong-test")):
         run, _ = _run(tmp_path, current, data=data, plugins=["wrong_test_plugin"], stages=["amateur", "downstream"],
-                      settings={"amateur": {"max_steps": 20}, "downstream": {"epochs": 100}})
+                      settings={"amateur": {"max_steps": 20}, "downstream": {"epochs": 100}}, flops=["100M"])
         rows[current] = run.store.trials()
     assert received["plain"] == received["wrong"] and len(received["plain"]) == 3
     for name in ("plain", "wrong"):
@@ -122,6 +123,7 @@ def _spearman(x, y):
     return cov / (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
 
 
+@pytest.mark.slow
 def test_proxy_check_correlates_search_scores_with_a_re_evaluation(tmp_path):
     from metanet.data import load_data
     from metanet.plugin.manager import registry

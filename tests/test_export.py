@@ -35,6 +35,7 @@ def _search_model(run_dir, trial):
     return model
 
 
+@pytest.mark.slow
 def test_export_reloads_through_timm_with_the_same_outputs(run, tmp_path):
     result = export_run(run, tmp_path / "best", formats=("torchscript", "onnx"))
     assert result.trained

@@ -17,7 +17,7 @@ from metanet.search_spaces.spec import ArchSpec
 from metanet.search.trial import _evaluate, trial_settings
 
 # 9 trials on the sh ladder 2 -> 6 -> 18 steps of the amateur stage, small enough for a test
-LADDER = ["--trials", "9", "--fidelity", "2:18", "--eta", "3", "--stages", "zero-cost,amateur", "--flops", "400M",
+LADDER = ["--trials", "9", "--fidelity", "2:18", "--eta", "3", "--stages", "zero-cost,amateur", "--flops", "100M",
           "--proxy-resolution", "16", "--set", "amateur.batch_size=8"]
 
 
@@ -47,6 +47,7 @@ def test_rungs_brackets_and_the_asha_rule():
     assert asha_continues(0.8, [0.1, 0.2, 0.8], 3) and not asha_continues(0.2, [0.1, 0.2, 0.8], 3)
 
 
+@pytest.mark.slow
 def test_successive_halving_climbs_the_ladder_continuing_from_checkpoints(tmp_path):
     import fidelity_probe_plugin as probe
     probe.RECEIVED.clear()
@@ -79,9 +80,10 @@ def test_successive_halving_climbs_the_ladder_continuing_from_checkpoints(tmp_pa
     assert received[json.dumps(top["proposal"], sort_keys=True)] == [top["rungs"][-1]["score"]]
     assert not (out / "checkpoints").exists() or not list((out / "checkpoints").iterdir())  # dropped when done
     table = CliRunner().invoke(cli, ["results", str(out)]).output
-    assert "ladder 400M: 9 at 2 steps, 3 at 6 steps, 1 at 18 steps" in table and "2/6/18" in table
+    assert "ladder 100M: 9 at 2 steps, 3 at 6 steps, 1 at 18 steps" in table and "2/6/18" in table
 
 
+@pytest.mark.slow
 def test_asha_decides_after_each_rung_and_hyperband_starts_brackets_higher(tmp_path):
     asha = tmp_path / "asha"
     result = CliRunner().invoke(cli, ["search", "--out", str(asha), *LADDER, "--scheduler", "asha", "--trials", "5"])
@@ -102,6 +104,7 @@ def test_asha_decides_after_each_rung_and_hyperband_starts_brackets_higher(tmp_p
     assert _ladder([r for r in rows if r["bracket"] == 1]) == {6: 2, 18: 1}
 
 
+@pytest.mark.slow
 def test_sigkill_mid_rung_then_resume_loses_no_finished_rung(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "metanet", "search", "--out", str(out), *LADDER]
@@ -126,10 +129,11 @@ def test_sigkill_mid_rung_then_resume_loses_no_finished_rung(tmp_path):
         assert [g for g in r["rungs"] if g.get("score") is not None][:len(before[r["id"]])] == before[r["id"]]
 
 
+@pytest.mark.slow
 def test_steps_asked_are_steps_trained(tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["search", "--out", str(out), "--trials", "1", "--stages", "amateur",
-                                      "--flops", "400M", "--proxy-resolution", "16", "--set", "amateur.max_steps=1000",
+                                      "--flops", "100M", "--proxy-resolution", "16", "--set", "amateur.max_steps=1000",
                                       "--set", "amateur.batch_size=64"])
     assert result.exit_code == 0, result.output
     notes = [line for line in result.stderr.splitlines() if "max_steps=1000 asked" in line]

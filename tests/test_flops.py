@@ -56,6 +56,7 @@ def test_uninet_sizes_at_their_own_resolution(name):
     assert est.flops == pytest.approx(expected[1], rel=0.001)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", range(3))  # three chunks, so that the suite's workers share the 30
 def test_estimator_matches_counter_on_a_random_sample(space, chunk):
     # 30 architectures drawn uniformly from the space at 32 px (benchmarks/flops_estimator.py runs 200+ at 224).

@@ -35,6 +35,7 @@ def metanet(env, cwd, *args):
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_listed_with_its_registrations(env, tmp_path):
     data = json.loads(metanet(env, tmp_path, "plugins", "--json"))
     info = {p["name"]: p for p in data["plugins"]}["example"]
@@ -43,6 +44,7 @@ def test_listed_with_its_registrations(env, tmp_path):
     assert data["registered"]["search_spaces"]["tiny-dw"] == "example"
 
 
+@pytest.mark.slow
 def test_its_space_is_shown_and_sampled(env, tmp_path):
     shown = json.loads(metanet(env, tmp_path, "space", "show", "--space", "tiny-dw", "--json"))
     assert shown["space"] == "tiny-dw" and shown["stages"][3]["op"] == ["dwconv5f", "mbconv"]
@@ -52,6 +54,7 @@ def test_its_space_is_shown_and_sampled(env, tmp_path):
     assert {spec[f"s{i}_op"] for i in range(6)} <= {"dwconv5f", "mbconv"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("op", ["dwconv5", "dwconv5f"])  # counted block vs the plugin's cost formula
 def test_its_operator_is_estimated_and_built(env, tmp_path, op):
     path = tmp_path / "arch.json"
@@ -63,6 +66,7 @@ def test_its_operator_is_estimated_and_built(env, tmp_path, op):
     assert built["finite"] and built["output_shape"] == [1, 1000]
 
 
+@pytest.mark.slow
 def test_searched_exported_and_loaded_by_timm(env, tmp_path):
     run = tmp_path / "run"
     summary = json.loads(metanet(env, tmp_path, "search", "--space", "tiny-dw", "--flops", "300M", "--trials", "1",

@@ -57,6 +57,7 @@ def two_ssh_servers(tmp_path):
             os.kill(int(pid.read_text()), signal.SIGTERM)
 
 
+@pytest.mark.slow
 def test_remote_search_runs_trials_on_both_machines(tmp_path, two_ssh_servers):
     import sys
     ports, key = two_ssh_servers

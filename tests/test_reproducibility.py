@@ -57,6 +57,7 @@ def _copy_without(src, dest, *tasks):
     return dest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stages", ["amateur,downstream", "zero-cost", "amateur,expert,generalist"])
 def test_the_same_evaluation_twice_gives_identical_numbers(intern, arch, stages):
     first = _evaluate(arch, intern, stages)
@@ -64,6 +65,7 @@ def test_the_same_evaluation_twice_gives_identical_numbers(intern, arch, stages)
     assert first["status"] == "ok" and first == second  # every metric, to the last digit
 
 
+@pytest.mark.slow
 def test_the_same_command_in_two_processes_gives_identical_json(intern, arch):
     # the command, each time in a fresh interpreter (nothing shared but the files)
     cmd = [sys.executable, "-m", "metanet", "evaluate", arch, "--data", str(intern), "--stages", "amateur,downstream",
@@ -76,6 +78,7 @@ def test_the_same_command_in_two_processes_gives_identical_json(intern, arch):
     assert a == b and len(a["metrics"]) > 30
 
 
+@pytest.mark.slow
 def test_the_supernet_stage_twice_gives_identical_numbers(arch, tmp_path):
     from test_supernet import BUDGET, TRAIN
     out = tmp_path / "sn"
@@ -94,6 +97,7 @@ def test_the_supernet_stage_twice_gives_identical_numbers(arch, tmp_path):
     assert runs[0]["status"] == "ok" and runs[0] == runs[1]
 
 
+@pytest.mark.slow
 def test_a_task_does_not_depend_on_the_other_tasks_or_their_order(intern, arch, tmp_path):
     alone = _copy_without(intern, tmp_path / "alone", "ships")
     # an identical copy of the task, listed before it
@@ -116,6 +120,7 @@ def test_stages_before_a_stage_change_nothing_it_does_not_consume(intern, arch):
     assert {k: after[k] for k in alone} == alone  # the zero-cost stage drew its own batch, at its own seed
 
 
+@pytest.mark.slow
 def test_a_stored_trial_re_runs_exactly_and_a_changed_dataset_is_named(intern, tmp_path):
     data = shutil.copytree(intern, tmp_path / "data")
     out = tmp_path / "run"

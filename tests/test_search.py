@@ -26,6 +26,7 @@ def _search(tmp_path, **options):
     return run_search(cfg, progress=False, echo=lambda m: None), TrialStore(tmp_path / "run" / "trials.sqlite")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["random", "evolution", "tpe", "ppo"])
 def test_each_strategy_evaluates_what_it_proposed_inside_the_band(tmp_path, strategy):
     from metanet.search_spaces.budget_space import budget_space
@@ -43,6 +44,7 @@ def test_each_strategy_evaluates_what_it_proposed_inside_the_band(tmp_path, stra
         len(rows) + summary.screened[400_000_000] + store.counter(400_000_000, "duplicates")
 
 
+@pytest.mark.slow
 def test_recounted_flops_of_evaluated_trials_lie_in_the_band(tmp_path):
     from metanet.search_spaces.counter import count_flops
     from metanet.search_spaces.metanet import MetaNet
@@ -184,6 +186,7 @@ def test_raising_and_nan_trials_are_recorded_and_the_search_goes_on(tmp_path, fl
     assert [r["score"] for r in rows if r["status"] == "ok"] == [0.5, 0.5]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume(tmp_path, flaky):
     out = tmp_path / "run"
     config = tmp_path / "search.yaml"
@@ -232,6 +235,7 @@ def test_sigkill_mid_run_then_resume(tmp_path, flaky):
     assert len({json.dumps(r["spec"], sort_keys=True) for r in rows}) == 5  # each architecture once
 
 
+@pytest.mark.slow
 def test_budget_family_writes_table_and_plot(tmp_path):
     summary, store = _search(tmp_path, flops=[300_000_000, 600_000_000], trials=2)
     assert set(summary.best) == {300_000_000, 600_000_000}
@@ -281,6 +285,7 @@ def _listening(port: int) -> set[str]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads listening sockets from Linux's /proc/net")
 def test_local_training_service_engine_runs_two_trials_with_nni_on_localhost_only(tmp_path):
     import threading

@@ -82,6 +82,7 @@ def test_nni_samples_freeze_into_plain_models():
         space.freeze(bad)
 
 
+@pytest.mark.slow
 def test_an_nni_strategy_explores_the_space():
     import nni
     import nni.nas.strategy as strategy

@@ -34,6 +34,7 @@ def test_spec_file_round_trip(tmp_path):
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
 
 
+@pytest.mark.slow
 def test_model_needs_no_nni():
     # The exported path must not import NNI: build in a fresh interpreter and check sys.modules.
     import subprocess

@@ -36,6 +36,7 @@ def test_digits_bundle_sources_and_held_out_task(digits):
     assert not any(torch.equal(u, d) for u in up for d in down)
 
 
+@pytest.mark.slow
 def test_a_candidate_runs_through_every_stage(space, digits):
     # Wall time is measured by benchmarks/stages.py, not asserted here (shared machines are noisy).
     spec = sample_within_budget(space, 200e6, random.Random(3))
@@ -167,6 +168,7 @@ def test_evaluate_command(tmp_path):
     assert registry() is not None
 
 
+@pytest.mark.slow
 def test_downstream_tasks_are_independent_of_each_other(digits):
     # Two identical tasks with fine-tuning on: each gets the numbers it gets alone, whatever the order.
     from metanet.data import DataBundle
@@ -211,6 +213,7 @@ def test_schedule_warms_up_decays_clips_and_spares_norms_from_weight_decay():
         Schedule([model], {**cfg, "schedule": "step"}, steps=10)
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_trains_on_cpu(digits, tmp_path):
     import json
 

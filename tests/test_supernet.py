@@ -56,6 +56,7 @@ def _specs(net, space, n=4, seed=0):
     return specs
 
 
+@pytest.mark.slow
 def test_a_subnet_with_inherited_weights_equals_its_standalone_model(net, space):
     torch.manual_seed(0)
     with torch.no_grad():  # weights unlike their initialisation, so a wrong slice cannot pass
@@ -100,6 +101,7 @@ def test_a_spec_outside_the_supernet_is_named(net):
         net.check(PRESETS["uninet_b1"].spec)
 
 
+@pytest.mark.slow
 def test_train_then_score_a_candidate_in_one_line_of_cli(trained, space, tmp_path):
     out, summary = trained
     assert summary["step"] == 3 and (out / "supernet.safetensors").is_file()
@@ -136,6 +138,7 @@ def test_a_search_for_another_budget_is_refused_before_its_run_directory(trained
     assert not run.exists()
 
 
+@pytest.mark.slow
 def test_two_phase_search_rescores_the_top_trials_with_the_final_stages(trained, tmp_path):
     out, _ = trained
     run = tmp_path / "run"
@@ -159,6 +162,7 @@ def test_two_phase_search_rescores_the_top_trials_with_the_final_stages(trained,
     assert (export / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_kill_during_training_then_resume_continues_the_step_count(tmp_path):
     out = tmp_path / "supernet"
     cmd = [sys.executable, "-m", "metanet", *TRAIN, "--steps", "8", "--save-every", "2", "--out", str(out)]

@@ -47,6 +47,7 @@ def test_forward_features_head_and_backward(case):
     assert all(p.grad is not None for p in trained.parameters() if p.requires_grad)
 
 
+@pytest.mark.slow
 def test_torchscript_and_fx_give_the_same_outputs(case):
     _, _, model = case
     x = torch.randn(2, 3, SIZE, SIZE)
@@ -61,6 +62,7 @@ def test_torchscript_and_fx_give_the_same_outputs(case):
         torch.testing.assert_close(traced(bigger), model(bigger))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("feature_cls", ["hook", "fx", None])
 def test_features_only_match_forward_intermediates(case, feature_cls):
     name, kwargs, model = case
@@ -95,6 +97,7 @@ def test_forward_intermediates_and_pruning(case):
         assert pruned(x).shape == (1, pruned.feature_info[-1]["num_chs"], SIZE // 8, SIZE // 8)  # unpooled
 
 
+@pytest.mark.slow
 def test_classifier_groups_checkpointing_and_default_cfg(case):
     name, kwargs, model = case
     assert model.get_classifier().out_features == 10
@@ -146,3 +149,43 @@ def test_registration_is_timms_public_api():
         assert timm.models.get_pretrained_cfg(name).input_size[0] == 3
     assert "@register_model\ndef uninet_b1(" in inspect.getsource(family)
     assert timm.models.get_pretrained_cfg("uninet_b0").input_size == (3, 160, 160)
+
+
+# The next two hold metanet's models to the checks of timm's own tests/test_models.py (huggingface/
+# pytorch-image-models: test_model_default_cfgs and test_model_forward_fx_torchscript), written here for these
+# models: the installed timm ships no tests, and the file is not copied.
+def test_pooling_removed_keeps_the_map_as_timms_models_do(case):
+    name, kwargs, model = case
+    x = torch.randn(1, 3, SIZE, SIZE)
+    grid = (SIZE // 32, SIZE // 32)
+    pre = model.forward_head(model.forward_features(x), pre_logits=True)
+    headless = copy.deepcopy(model)
+    headless.reset_classifier(0)
+    assert headless.num_classes == 0 and headless(x).shape == pre.shape == (1, model.head_hidden_size)
+    headless.reset_classifier(0, "")  # no classifier, no pooling: the NCHW map
+    assert headless(x).shape == (1, model.num_features, *grid)
+    built = timm.create_model(name, img_size=SIZE, num_classes=0, global_pool="", **kwargs).eval()
+    assert built(x).shape == (1, model.num_features, *grid)
+    keys = built.state_dict().keys()
+    cfg = model.pretrained_cfg
+    assert f"{cfg['first_conv']}.weight" in keys and f"{cfg['classifier']}.weight" in model.state_dict()
+
+
+@pytest.mark.slow
+def test_fx_traced_model_scripts(case):
+    from timm.layers import set_scriptable
+    from timm.models._features_fx import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+    name, kwargs, _ = case
+    with set_scriptable(True):
+        model = timm.create_model(name, img_size=SIZE, num_classes=10, **kwargs).eval()
+    tracer = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
+                  param_shapes_constant=True)
+    _, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer)
+    fx = create_feature_extractor(model, return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer)
+    scripted = torch.jit.script(fx)
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        out = torch.cat(tuple(scripted(x).values()))
+        torch.testing.assert_close(out, model(x))
+    assert out.shape == (1, 10) and not out.isnan().any()

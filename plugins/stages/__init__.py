@@ -13,7 +13,7 @@ from metanet.plugin.hookspecs import hookimpl
 SCHEDULE = {"schedule": "cosine", "warmup": 0.1, "min_lr_ratio": 0.01, "clip_grad": 1.0, "label_smoothing": 0.1}
 
 ZERO_COST = {"proxy": "naswot", "batch_size": 32, "source": None}
-AMATEUR = {"epochs": 3, "max_steps": 40, "batch_size": 32, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05,
+AMATEUR = {"epochs": 3, "max_steps": 120, "batch_size": 32, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05,
            "sources": None, "contrastive_weight": 0.5, "temperature": 0.2, "projection_dim": 64, **SCHEDULE}
 EXPERT = {"epochs": 2, "max_steps": 20, "batch_size": 64, "lr": 5e-4, "optimizer": "adamw", "weight_decay": 0.05,
           "sources": None, **SCHEDULE}
