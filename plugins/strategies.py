@@ -5,20 +5,22 @@ from metanet.plugin.hookspecs import hookimpl
 from metanet.quiet import quiet
 
 
-def _random(seed=None, **options):
+# Each factory names the options it takes (NNI's strategies swallow unknown keyword arguments), so a misspelt
+# --config strategy_options key is refused before the run (metanet.search.driver.check_config).
+def _random(seed=None, dedup=True):
     with quiet():
         from nni.nas.strategy import Random
-    return Random(seed=seed, **options)
+    return Random(seed=seed, dedup=dedup)
 
 
-def _evolution(seed=None, population_size=24, sample_size=6, mutation_prob=0.15, **options):
+def _evolution(seed=None, population_size=24, sample_size=6, mutation_prob=0.15, crossover=False, dedup=True):
     with quiet():
         from nni.nas.strategy import RegularizedEvolution
     return RegularizedEvolution(population_size=population_size, sample_size=sample_size,
-                                mutation_prob=mutation_prob, seed=seed, **options)
+                                mutation_prob=mutation_prob, crossover=crossover, dedup=dedup, seed=seed)
 
 
-def _tpe(seed=None, **options):
+def _tpe(seed=None, tpe_args=None):
     with quiet():
         import nni
         from nni.nas.strategy import TPE
@@ -49,10 +51,11 @@ def _tpe(seed=None, **options):
                 self.engine.submit_models(model)
 
     # NNI's TPE tuner minimises unless told otherwise; metanet's scores are maximised.
-    return BusyTPE(optimize_mode="maximize", seed=seed, **options)
+    return BusyTPE(optimize_mode="maximize", seed=seed, tpe_args=tpe_args)
 
 
-def _ppo(seed=None, samples_per_update=10, lr=3e-3, entropy=0.1, hidden_dim=64, **options):
+def _ppo(seed=None, samples_per_update=10, lr=3e-3, entropy=0.1, hidden_dim=64, replay_buffer_size=None,
+         update_kwargs=None):
     try:
         with quiet():
             import gym  # noqa: F401
@@ -82,8 +85,10 @@ def _ppo(seed=None, samples_per_update=10, lr=3e-3, entropy=0.1, hidden_dim=64, 
 
     # one PPO update (5 epochs over the buffer) per collection: NNI's default runs it 5 times over, 25
     # epochs on 10 trajectories, which overfits the policy to its first rewards
-    options.setdefault("update_kwargs", {"batch_size": 32, "repeat": 5, "update_times": 1})
-    return PolicyBasedRL(samples_per_update=samples_per_update, policy_fn=policy_fn, **options)
+    if update_kwargs is None:
+        update_kwargs = {"batch_size": 32, "repeat": 5, "update_times": 1}
+    return PolicyBasedRL(samples_per_update=samples_per_update, policy_fn=policy_fn,
+                         replay_buffer_size=replay_buffer_size, update_kwargs=update_kwargs)
 
 
 @hookimpl

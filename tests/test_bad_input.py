@@ -363,8 +363,22 @@ def test_resume_imports_the_runs_plugins_only_when_named_again(tmp_path, monkeyp
     assert refused.exit_code == 1 and "Traceback" not in refused.output
     errors = [line for line in refused.output.splitlines() if line.startswith("Error:")]
     assert errors == [f"Error: {run}: the run's config.json lists plugin module(s) marked_stage, which are imported "
-                      f"only when named again: metanet -p marked_stage search --resume {run}"]
+                      f"only when named again: metanet -p marked_stage search --resume {run} "
+                      f"(or metanet --trust-stored-plugins search --resume {run})"]
+    # every other command that reads the run refuses the same way, before importing anything
+    for command, args in ((f"proxy-check {run}", ["proxy-check", str(run), "--top", "3"]),
+                          (f"evaluate --rerun {run} 1", ["evaluate", "--rerun", str(run), "1"])):
+        other = CliRunner().invoke(cli, args)
+        assert other.exit_code == 1 and "Traceback" not in other.output, other.output
+        assert f"named again: metanet -p marked_stage {command} (or metanet --trust-stored-plugins {command})" \
+            in other.output, other.output
     assert snapshot(run) == before  # refused before the run was locked, checked or touched
+    trusted = CliRunner().invoke(cli, ["--trust-stored-plugins", "search", "--resume", str(run)])
+    assert trusted.exit_code == 0, trusted.output
+    rows = TrialStore(run / "trials.sqlite").trials()
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["metrics"]["marked.seen"] == 1.0
+    with sqlite3.connect(run / "trials.sqlite") as db:
+        db.execute("UPDATE trials SET status = 'running', score = NULL, metrics = '{}', ended = NULL")
     resumed = CliRunner().invoke(cli, ["-p", "marked_stage", "search", "--resume", str(run)])
     assert resumed.exit_code == 0, resumed.output
     rows = TrialStore(run / "trials.sqlite").trials()
@@ -713,3 +727,64 @@ def test_resume_completes_a_store_killed_before_its_first_table(tmp_path):
     run_search(SearchConfig.from_dict(cfg), resume=True, progress=False, echo=lambda m: None)
     rows = TrialStore(store).trials()
     assert len(rows) == 1 and rows[0]["status"] == "ok"
+
+
+@pytest.mark.parametrize("strategy", ["random", "evolution", "tpe", "ppo"])
+def test_an_option_the_strategy_does_not_take_is_refused_before_the_run(tmp_path, strategy):
+    # NNI's strategies take **kwargs and would ignore a misspelt option silently
+    config = tmp_path / "search.yaml"  # YAML holds JSON
+    config.write_text(json.dumps({"strategy": strategy, "strategy_options": {"populaton_size": 8}}))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["search", "--config", str(config), "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and f"strategy {strategy!r} takes no option 'populaton_size'" in errors[0], result.output
+    assert not out.exists()
+    config.write_text(json.dumps({"strategy": "evolution", "strategy_options": {"population_size": 8},
+                                  "stages": ["zero-cost"], "proxy_resolution": 16, "trials": 1}))
+    ok = CliRunner().invoke(cli, ["search", "--config", str(config), "--out", str(out)])
+    assert ok.exit_code == 0, ok.output
+
+
+ODD_STAGE = textwrap.dedent('''
+    from metanet import hookimpl
+
+    @hookimpl
+    def metanet_register_stages(register):
+        register("odd", defaults={}, score_metric="seen")
+
+    @hookimpl
+    def metanet_run_stage(stage, context):
+        if stage == "odd":
+            return {"seen": 1.0, "unstable": float("nan"), "huge": float("inf")}
+''')
+
+
+def test_json_output_is_json_even_when_a_metric_is_not_a_number(tmp_path, monkeypatch):
+    (tmp_path / "odd_stage.py").write_text(ODD_STAGE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def strict(text):  # what jq and JavaScript accept: no NaN, no Infinity
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"--json printed {c}"))
+
+    run = tmp_path / "run"
+    made = CliRunner().invoke(cli, ["-p", "odd_stage", "search", "--stages", "zero-cost,odd", "--proxy-resolution",
+                                    "16", "--trials", "1", "--out", str(run), "--json"])
+    assert made.exit_code == 0, made.output
+    strict(made.stdout)
+    rows = strict(CliRunner().invoke(cli, ["-p", "odd_stage", "results", str(run), "--json"]).stdout)
+    assert rows[0]["metrics"]["odd.unstable"] is None and rows[0]["metrics"]["odd.huge"] is None
+    assert rows[0]["metrics"]["odd.seen"] == 1.0
+
+
+def test_resume_of_a_run_whose_store_is_gone_is_an_error_not_a_fresh_search(tmp_path):
+    run = tmp_path / "run"
+    cfg = {**FAST, "trials": 1, "out": str(run)}
+    run_search(SearchConfig.from_dict(cfg), progress=False, echo=lambda m: None)
+    (run / "trials.sqlite").unlink()
+    before = snapshot(run)
+    result = CliRunner().invoke(cli, ["search", "--resume", str(run)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "trials.sqlite: missing" in errors[0] and "its trials are lost" in errors[0]
+    assert snapshot(run) == before

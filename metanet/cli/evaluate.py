@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from metanet.cli.group import emit_json, load_spec, plugin_registry, cli
+from metanet.cli.group import check_stored_plugins, emit_json, load_spec, plugin_registry, cli
 from metanet.cli.options import (search_default, config_option, json_option, set_option, warn_small_attention_grids)
 
 
@@ -98,12 +98,9 @@ def evaluate_cmd(ctx, spec, rerun, stages, data, data_dir, downstream, cache, pr
 
 def _rerun(run_dir: str, trial: int, as_json: bool) -> None:
     from metanet.errors import RunError
-    from metanet.plugin.manager import refuse_unnamed_plugins
     from metanet.search.reproduce import rerun
     from metanet.runs.directory import RunDir
-    refuse_unnamed_plugins(RunDir.open(run_dir).config.plugins,
-                           click.get_current_context().find_root().obj.get("plugins", ()), run_dir,
-                           f"evaluate --rerun {run_dir} {trial}")
+    check_stored_plugins(RunDir.open(run_dir).config.plugins, run_dir, f"evaluate --rerun {run_dir} {trial}")
     plugin_registry()
     result = rerun(run_dir, trial)
     if as_json:

@@ -1,11 +1,10 @@
 """``metanet search``, ``results`` and ``proxy-check``: the search and what it found."""
 from __future__ import annotations
 
-import json
 
 import click
 
-from metanet.cli.group import emit_json, plugin_registry, cli
+from metanet.cli.group import check_stored_plugins, emit_json, plugin_registry, cli
 from metanet.cli.options import (budget_option, json_option, search_options, set_option)
 
 
@@ -34,8 +33,7 @@ def search_cmd(ctx, sets, config_file, resume_dir, as_json, **flags):
             raise ConfigError("--resume continues a run as it was configured; give no other search options")
         cfg = RunDir.open(resume_dir).config
         cfg.out = resume_dir  # the run is the directory named, wherever it was first started
-        from metanet.plugin.manager import refuse_unnamed_plugins
-        refuse_unnamed_plugins(cfg.plugins, ctx.find_root().obj.get("plugins", ()), resume_dir, "search --resume")
+        check_stored_plugins(cfg.plugins, resume_dir, "search --resume")
     else:
         data = load_config_file(config_file) if config_file else {}
         data.update(given)
@@ -69,7 +67,7 @@ def results_cmd(run_dir, top, as_json):
     plugin_registry()
     rows = results_rows(RunDir.open(run_dir), top)
     if as_json:
-        return click.echo(json.dumps(rows, indent=2))
+        return emit_json(rows)
     click.echo(results_table(rows))
     click.echo(operator_mix_table(rows))
 
@@ -101,13 +99,11 @@ def proxy_check_cmd(run_dir, top, sets, proxy_resolution, repeats, seed, stages,
     search-time and the re-evaluated validation scores. Re-evaluations are kept in
     RUN_DIR/proxy-check-<key>/; the same command again resumes them.
     """
-    from metanet.plugin.manager import refuse_unnamed_plugins
     from metanet.search.proxy_check import proxy_check
     from metanet.runs.directory import RunDir
     from metanet.runs.config import parse_sets
     plugin_registry()
-    refuse_unnamed_plugins(RunDir.open(run_dir).config.plugins, click.get_current_context().find_root().obj.get(
-        "plugins", ()), run_dir, "proxy-check")
+    check_stored_plugins(RunDir.open(run_dir).config.plugins, run_dir, "proxy-check")
     from metanet.runs.config import parse_stages
     result = proxy_check(run_dir, top, parse_sets(sets), proxy_resolution, repeats, budget, seed,
                          echo=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)),

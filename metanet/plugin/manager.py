@@ -217,8 +217,11 @@ def refuse_unnamed_plugins(stored, named, run_dir, command: str) -> None:
     missing = unnamed_plugins(stored, named)
     if missing:
         flags = " ".join(f"-p {shlex.quote(m)}" for m in missing)
+        run = shlex.quote(str(run_dir))
+        command = command if run in command.split() else f"{command} {run}"
         raise PluginError(f"{run_dir}: the run's config.json lists plugin module(s) {', '.join(missing)}, which are "
-                          f"imported only when named again: metanet {flags} {command} {shlex.quote(str(run_dir))}",
+                          f"imported only when named again: metanet {flags} {command} "
+                          f"(or metanet --trust-stored-plugins {command})",
                           missing[0])
 
 

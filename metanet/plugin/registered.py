@@ -195,6 +195,22 @@ class Strategy(Registered):
     def create(self, seed: int, **options):
         return self.obj(seed=seed, **options)
 
+    def check_options(self, options: dict) -> None:
+        """Refuse, in one line naming the key, an option the factory does not take (a factory with
+        ``**options`` takes any: it checks its own)."""
+        import inspect
+        try:
+            params = inspect.signature(self.obj).parameters
+        except (TypeError, ValueError):  # a builtin or C callable: nothing to read
+            return
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return
+        takes = [n for n, p in params.items() if n != "seed" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        for key in options:
+            if key not in takes:
+                raise ConfigError(f"strategy_options: strategy {self.name!r} takes no option {key!r} "
+                                  f"(it takes: {', '.join(takes) or 'none'})")
+
 
 @dataclass
 class Dataset(Registered):

@@ -110,6 +110,14 @@ class RunDir:
         first table leaves one, and the resume's store completes it."""
         path = self.path / self.STORE
         if not path.exists():
+            # a search killed before its first trial leaves only its config and lock: resuming starts it; a run
+            # with anything else (results, weights, checkpoints) lost its trials, and starting afresh would hide it
+            before_trials = (self.CONFIG, self.LOCK, "data-cache")  # data-cache: metanet.data.decoded.CACHE_DIR
+            others = sorted(p.name for p in self.path.iterdir() if p.name not in before_trials
+                            and not p.name.startswith("."))
+            if others:
+                raise RunError(f"{path}: missing, but the run holds {', '.join(others)}: its trials are lost; "
+                               f"restore {self.STORE} or start a new search with another --out")
             return
         try:
             self.read_store()

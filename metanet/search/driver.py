@@ -29,7 +29,7 @@ def check_config(cfg: SearchConfig):
     from metanet.evaluate.candidate import check_stages
 
     pm = registry(cfg.plugins)
-    _lookup("strategy", pm.strategy, cfg.strategy)
+    _lookup("strategy", pm.strategy, cfg.strategy).check_options(cfg.strategy_options)
     space = _lookup("space", get_space, cfg.space)
     for stage in (cfg.stages or []) + cfg.final_stages:
         _lookup("stages", pm.stage, stage)
