@@ -4,7 +4,7 @@
                                       [--steps 40] [--batch-size 32] [--budget 300M]
 
 On the shared CIFAR-10 subset (plain ImageFolder, 10,000 train + 3,000 test JPEGs at 32x32, unpacked to a
-temporary folder) with the search's defaults (64 px, the amateur stage's 40 steps of 32 images, validation
+temporary folder) with the search's defaults (64 px; 40 amateur steps of 32 images, as the demo trains them; validation
 carved as 20% of train). Two pipelines: "per step" is what every trial did before the cache (and what
 ``--no-cache`` does): each image decoded from its JPEG and transformed by timm's PIL transforms whenever it
 is used; "decoded once" resizes and centre-crops every image once per search and augments the cached
