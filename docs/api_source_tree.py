@@ -9,9 +9,14 @@ import os
 import shutil
 from pathlib import Path
 
+from mkdocs.plugins import event_priority
+
 MAPPED = {"plugins": "plugins", "search_spaces": "search_spaces", "kernels": "kernels"}
 
 
+# before mkdocstrings reads its `paths` (hooks otherwise run after the plugins): on a clean clone the tree must
+# exist by then, or the first build finds nothing
+@event_priority(100)
 def on_config(config):
     root = Path(config.config_file_path).resolve().parent
     tree = root / "build" / "api-src" / "metanet"
