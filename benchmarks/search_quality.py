@@ -351,7 +351,7 @@ def main() -> None:
     ap.add_argument("--only", choices=("evaluate", "report"), default=None)
     args = ap.parse_args()
     from metanet.budget import parse_flops
-    from metanet.search.fidelity import parse_fidelity
+    from metanet.runs.config import parse_fidelity
     from metanet.plugin.manager import registry
     args.budget = parse_flops(args.budget)
     args.ladder = parse_fidelity(args.ladder)

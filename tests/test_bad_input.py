@@ -333,18 +333,23 @@ def test_a_search_where_no_trial_finished_fails_with_the_first_error(tmp_path, m
 
 # -- plugins a run's config names are imported only when the user names them again ----------------------
 
-MARKED_STAGE = textwrap.dedent('''
-    from metanet import hookimpl
+def stage_plugin(name: str, metrics: str) -> str:
+    """The source of a plugin module registering stage ``name``, which returns the dict literal ``metrics``."""
+    return textwrap.dedent(f'''
+        from metanet import hookimpl
 
-    @hookimpl
-    def metanet_register_stages(register):
-        register("marked", defaults={}, score_metric="seen")
+        @hookimpl
+        def metanet_register_stages(register):
+            register("{name}", defaults={{}}, score_metric="seen")
 
-    @hookimpl
-    def metanet_run_stage(stage, context):
-        if stage == "marked":
-            return {"seen": 1.0}
-''')
+        @hookimpl
+        def metanet_run_stage(stage, context):
+            if stage == "{name}":
+                return {metrics}
+    ''')
+
+
+MARKED_STAGE = stage_plugin("marked", '{"seen": 1.0}')
 
 
 def test_resume_imports_the_runs_plugins_only_when_named_again(tmp_path, monkeypatch):
@@ -746,18 +751,7 @@ def test_an_option_the_strategy_does_not_take_is_refused_before_the_run(tmp_path
     assert ok.exit_code == 0, ok.output
 
 
-ODD_STAGE = textwrap.dedent('''
-    from metanet import hookimpl
-
-    @hookimpl
-    def metanet_register_stages(register):
-        register("odd", defaults={}, score_metric="seen")
-
-    @hookimpl
-    def metanet_run_stage(stage, context):
-        if stage == "odd":
-            return {"seen": 1.0, "unstable": float("nan"), "huge": float("inf")}
-''')
+ODD_STAGE = stage_plugin("odd", '{"seen": 1.0, "unstable": float("nan"), "huge": float("inf")}')
 
 
 def test_json_output_is_json_even_when_a_metric_is_not_a_number(tmp_path, monkeypatch):

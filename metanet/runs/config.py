@@ -134,10 +134,6 @@ def parse_fidelity(value, name: str = "fidelity") -> tuple[int, int] | None:
     return lo, hi
 
 
-def _fidelity(value, name):
-    return parse_fidelity(value, name)
-
-
 def _optional_choice(options: tuple[str, ...]) -> Callable:
     parse = _choice(options)
     return lambda value, name: None if value is None else parse(value, name)
@@ -254,7 +250,7 @@ class SearchConfig:
     settings: dict[str, dict[str, Any]] = option({}, _settings, "Stage settings, {stage: {key: value}}.")
     score: dict[str, float] | None = option(None, _score, "Score as weighted metrics, e.g. downstream.acc=1 "
                                             "(default: the last scoring stage's metric).", "--score")
-    fidelity: tuple[int, int] | None = option(None, _fidelity, "Multi-fidelity search over the training steps of the "
+    fidelity: tuple[int, int] | None = option(None, parse_fidelity, "Multi-fidelity search over the training steps of the "
                                               "training stages, MIN:MAX (e.g. 20:180): trials climb a ladder of "
                                               "rungs MAX/eta^k and the best are continued from their checkpoints.",
                                               "--fidelity")

@@ -70,7 +70,7 @@ def check_config(cfg: SearchConfig):
         if cfg.budget_mode != "project":
             budget_space(space, b, cfg.band, cfg.resolution)  # raises its own one-line error
     from metanet.evaluate.candidate import preflight_stages
-    preflight_stages(pm, both, configs, stage_setup(cfg))
+    preflight_stages(pm, both, configs, cfg.stage_setup())
     return space, data
 
 

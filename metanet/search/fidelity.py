@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from metanet.errors import ConfigError
-from metanet.runs.config import parse_fidelity  # noqa: F401 - parsed with the options; here for its users
 
 SCHEDULERS = ("sh", "hyperband", "asha")
 CHECKPOINTS = "checkpoints"
