@@ -34,6 +34,7 @@ setup(
         "pyyaml",
         "tqdm",
         "safetensors",
+        "paramiko",  # trained weights of remote trials come back over SFTP (NNI's remote service shares no files)
     ],
     extras_require={
         # NNI's PolicyBasedRL (PPO) also needs gym==0.26.2 and tianshou==0.4.11, installed with --no-deps

@@ -58,8 +58,14 @@ def two_ssh_servers(tmp_path):
 
 
 @pytest.mark.slow
-def test_remote_search_runs_trials_on_both_machines(tmp_path, two_ssh_servers):
+def test_remote_search_with_3x_more_trials_than_machines_finishes_and_exports(tmp_path, two_ssh_servers):
+    """6 trials on 2 machines (concurrency 2): every trial finishes; rows and the kept trained backbones come back to
+    the search without a shared filesystem, and `metanet export` of the driver's run uses those weights."""
     import sys
+    from click.testing import CliRunner
+    from safetensors import safe_open
+    from metanet.cli import cli
+    from metanet.runs.directory import KEEP_WEIGHTS, RunDir
     ports, key = two_ssh_servers
     python = sys.executable  # the interpreter itself: metanet gives NNI its folder
     machines = tmp_path / "machines.yaml"
@@ -67,12 +73,13 @@ def test_remote_search_runs_trials_on_both_machines(tmp_path, two_ssh_servers):
         f"  - {{host: 127.0.0.1, port: {p}, user: {getpass.getuser()}, ssh_key_file: {key}, python_path: {python}}}\n"
         for p in ports))
     started = time.time()
-    cfg = SearchConfig.from_dict({"stages": ["zero-cost"], "proxy_resolution": 16, "trials": 2, "flops": ["400M"],
-                                  "engine": "ts", "concurrency": 2, "training_service": str(machines),
+    cfg = SearchConfig.from_dict({"stages": ["zero-cost", "amateur"], "settings": {"amateur": {"max_steps": 5}},
+                                  "proxy_resolution": 16, "trials": 6, "flops": ["300M"], "engine": "ts",
+                                  "concurrency": 2, "training_service": str(machines),
                                   "port": 19000 + os.getpid() % 1000, "out": str(tmp_path / "run")})
     summary = run_search(cfg, progress=False, echo=lambda m: None)
-    assert summary.trials == 2 and summary.failed == 0
-    # NNI started one trial runner per machine, each over its own SSH server, and each ran a trial
+    assert summary.trials == 6 and summary.failed == 0
+    # NNI started one trial runner per machine, each over its own SSH server, and each ran trials
     envs = [d for d in Path("/tmp/nni-experiments").glob("*/envs/*") if d.stat().st_mtime >= started - 1]
     runners = [d / "trialrunner_stdout" for d in envs if (d / "trialrunner_stdout").exists()]
     assert len(runners) == 2
@@ -81,7 +88,16 @@ def test_remote_search_runs_trials_on_both_machines(tmp_path, two_ssh_servers):
         assert "'nniManagerIP': '127.0.0.1'" in text and "start to run trial" in text
         # the trials were never told where the run directory is: their rows came back through NNI's channel
         assert '"settings": {"run_dir": null' in text
-    from metanet.runs.directory import RunDir
-    rows = RunDir.open(tmp_path / "run").store.trials()
-    assert len(rows) == 2 and all(r["status"] == "ok" and r["score"] is not None for r in rows)
-    assert all(r["metrics"]["zero-cost.score"] == r["score"] for r in rows)
+    run = RunDir.open(tmp_path / "run")
+    rows = run.store.trials()
+    assert len(rows) == 6 and all(r["status"] == "ok" and r["score"] is not None for r in rows)
+    assert all(r["metrics"]["amateur.acc"] == r["score"] for r in rows)
+    kept = run.kept(rows[0]["budget"])
+    assert len(kept) == min(KEEP_WEIGHTS, 6)
+    assert sorted(p.name for p in (tmp_path / "run" / "weights").glob("*.safetensors")) == \
+        sorted(f"trial_{i}.safetensors" for i in kept)  # copied over SFTP, the others dropped
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "best")])
+    assert result.exit_code == 0, result.output
+    assert "trained by the search's stages" in result.output
+    with safe_open(str(tmp_path / "best" / "model.safetensors"), "pt") as f:
+        assert f.metadata()["trained"] == "True"

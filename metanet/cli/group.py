@@ -8,6 +8,7 @@ that need them, so ``--help`` answers quickly.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 import click
@@ -24,6 +25,12 @@ class MetanetGroup(click.Group):
             if exc.param:
                 raise click.BadParameter(str(exc), param_hint=f"'--{exc.param.replace('_', '-')}'") from None
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt as exc:
+            # click would say "Aborted!" and exit 1: a stopped search exits 128 + the signal, as shells expect
+            # (130 for Ctrl-C, 143 for SIGTERM), after it has stopped the NNI manager it started
+            signum = getattr(exc, "signum", signal.SIGINT)
+            click.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
+            ctx.exit(128 + signum)
 
 def load_spec(source: str):
     from metanet.search_spaces.metanet import as_spec
@@ -72,7 +79,7 @@ def cli(ctx, plugins, trust_stored_plugins):
 def main(argv=None):
     try:
         cli.main(args=argv, prog_name="metanet", standalone_mode=True)
-    except KeyboardInterrupt:  # pragma: no cover
+    except KeyboardInterrupt:  # pragma: no cover  (outside a command: while click parses)
         click.echo("interrupted", err=True)
         sys.exit(130)
 

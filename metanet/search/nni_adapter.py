@@ -16,12 +16,14 @@ import logging
 import math
 import os
 import re
+import signal
 import socket
 import tempfile
 import warnings
 from pathlib import Path
 
 from metanet.budget import format_flops
+from metanet.errors import MetanetError, RunError
 from metanet.quiet import quiet
 from metanet.runs.store import TrialStore
 
@@ -95,7 +97,7 @@ def budget_screen(space, budget: int, cfg, store: TrialStore):
     return BudgetScreen()
 
 
-def trial_keeper(store: TrialStore):
+def trial_keeper(store: TrialStore, on_record=None):
     """The middleware next to NNI's training-service engine: it holds the models in flight, and writes
     the rows that trials on remote machines send back with their final metric.
 
@@ -120,7 +122,9 @@ def trial_keeper(store: TrialStore):
         def _on_final(self, event) -> None:
             metric = event.metric
             if isinstance(metric, dict) and isinstance(metric.get("metanet_row"), dict):
-                store.record(metric["metanet_row"])
+                trial_id = store.record(metric["metanet_row"])
+                if on_record is not None:
+                    on_record(trial_id, metric["metanet_row"])
 
         def _on_end(self, event) -> None:
             self._inflight.pop(id(event.model), None)
@@ -429,7 +433,12 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
         from metanet.runs.directory import RunDir
         middlewares.append(scheduler_middleware(RunDir(settings["run_dir"]), budget, settings, echo))
     if cfg.engine != "sequential":
-        middlewares.append(trial_keeper(store))
+        on_record = None
+        if cfg.training_service != "local":
+            from metanet.runs.directory import RunDir
+            from metanet.search.remote import weights_fetcher
+            on_record = weights_fetcher(cfg.training_service, RunDir(Path(store.path).parent), echo)
+        middlewares.append(trial_keeper(store, on_record))
     chain = Chain(strategy, *middlewares)
     evaluator = FunctionalEvaluator(nni_trial, settings=settings)
     config = experiment_config(cfg, trials)
@@ -456,19 +465,50 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
             else:
                 _wait_for_port(cfg.port)  # the manager of a previous experiment may still be letting go of it
                 with workdir:
-                    exp.run(port=cfg.port)
+                    _run_watched(exp, cfg.port, budget, store)
+    except (KeyboardInterrupt, MetanetError):
+        raise
     except Exception as exc:
         # NNI's manager may outlive a failed start and hold its port ("Port not idle" on the next try):
         # stop it, and say what failed in one line; finished trials are in the store already
-        with contextlib.suppress(Exception):
-            exp.stop()
-        from metanet.errors import RunError
+        from metanet.search.nni_lifecycle import stop_experiment
+        stop_experiment(exp)
         first = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
         raise RunError(f"NNI experiment for budget {format_flops(budget)} failed: {first} "
                        f"(NNI's log: ~/nni-experiments/{getattr(exp, 'id', '?')}/log)") from None
     finally:
         if hasattr(screen, "flush"):
             screen.flush()
+
+
+def _run_watched(exp, port: int, budget: int, store: TrialStore) -> None:
+    """``exp.run(port)`` of the training-service engine, ended whatever happens: a lost channel message or a
+    silent manager is a one-line error naming it, a signal an :class:`~metanet.search.nni_lifecycle.Interrupted`;
+    either way the manager is stopped (killed if it does not stop) and the finished trials stay in the store."""
+    from metanet.search.nni_lifecycle import (Interrupted, Watchdog, silence_broken_channel,
+                                             stop_experiment, stop_on_signals, strict_json)
+
+    watch = Watchdog(port)
+    interrupted: KeyboardInterrupt | None = None
+    with strict_json():
+        try:
+            with stop_on_signals() as received, watch:
+                # NNI's run, without its own Ctrl-C handling, whose stop waits for the manager without limit
+                exp.start(port)
+                exp._wait_completion()
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            silence_broken_channel()
+        finally:
+            with watch:  # the channel's failures during the stop stay out of the terminal too
+                watch.stand_down()
+                stop_experiment(exp)
+    if watch.cause is not None:
+        run = Path(store.path).parent
+        raise RunError(f"NNI experiment for budget {format_flops(budget)} failed: {watch.cause}; finished trials "
+                       f"are kept (metanet search --resume {run}; NNI's log: ~/nni-experiments/{exp.id}/log)")
+    if interrupted is not None:
+        raise Interrupted(received[0] if received else signal.SIGINT) from None
 
 
 def _wait_for_port(port: int, seconds: float = 20.0) -> None:

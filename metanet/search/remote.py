@@ -83,3 +83,60 @@ def remote_service_config(path: str | os.PathLike, service=None):
     if options["nni_manager_ip"]:
         service.nni_manager_ip = options["nni_manager_ip"]
     return service
+
+
+def fetch_file(machines: list[dict[str, Any]], remote_path: str, dest: Path, host_hint: str | None = None) -> str:
+    """Copy ``remote_path`` into ``dest`` over SFTP from whichever of ``machines`` holds it (the one whose
+    host is ``host_hint`` first); returns that machine as ``host:port``. NNI's remote training service shares
+    no filesystem, so this is how a trial's files reach the search.
+
+    Host keys are taken as NNI's own SSH client takes them (unchecked): these are the machines the user named.
+    """
+    import paramiko
+    order = sorted(machines, key=lambda m: m["host"] != host_hint)
+    errors = []
+    for m in order:
+        where = f"{m['host']}:{m['port']}"
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        try:
+            client.connect(m["host"], port=m["port"], username=m["user"], password=m.get("password"),
+                           key_filename=os.path.expanduser(m["ssh_key_file"]) if m.get("ssh_key_file") else None,
+                           passphrase=m.get("ssh_passphrase"), timeout=20, allow_agent=False,
+                           look_for_keys=False)
+            with client.open_sftp() as sftp:
+                sftp.get(remote_path, str(dest))
+            return where
+        except FileNotFoundError:
+            errors.append(f"{where}: no such file")
+        except Exception as exc:  # a machine that cannot be reached may not be the one that holds the file
+            errors.append(f"{where}: {type(exc).__name__}: {exc}")
+        finally:
+            client.close()
+    raise FileNotFoundError(f"{remote_path} on none of the machines ({'; '.join(errors)})")
+
+
+def weights_fetcher(machines_file: str | os.PathLike, run, echo):
+    """The callback that brings a remote trial's trained backbone into ``run`` when the run keeps it (the best
+    trials of the budget, as for local trials), and drops the weights that fell out of the best."""
+    from safetensors.torch import load_file
+    from metanet.runs.store import OK
+    machines, _ = load_machines_file(machines_file)
+
+    def on_record(trial_id: int, row: dict[str, Any]) -> None:
+        where = row.get("weights")
+        if row.get("status") != OK or not isinstance(where, dict) or trial_id not in run.kept(row["budget"]):
+            return
+        tmp = run.weights_path(trial_id).with_suffix(".part")
+        tmp.parent.mkdir(exist_ok=True)
+        try:
+            fetch_file(machines, where["path"], tmp, where.get("host"))
+            run.save_weights(trial_id, load_file(str(tmp)), where["stage"], int(where["img_size"]))
+        except Exception as exc:
+            echo(f"warning: trial {trial_id}: its trained backbone could not be copied from the machine that "
+                 f"trained it ({exc}); an export of it would start from random weights")
+        finally:
+            tmp.unlink(missing_ok=True)
+        run.drop_weights(row["budget"])
+
+    return on_record

@@ -136,10 +136,12 @@ def evaluate_spec(spec, s: dict[str, Any], proposal: dict | None = None,
     if s.get("run_dir") is None:
         est = estimate(spec, s["resolution"])
         outcome = _evaluate(spec, s, model)
-        outcome.pop("result")
+        result = outcome.pop("result")
         reward = _reward(outcome, est.flops, s)
         row = {**outcome, "budget": s["budget"], "spec": spec_dict, "flops": est.flops, "params": est.params,
                "seed": s["seed"], "proposal": proposal, "rewritten": rewritten, "reward": reward}
+        if outcome["status"] == OK and result is not None and result.backbone_stage:
+            row["weights"] = leave_weights(result, s)
         return (reward if reward is not None else s["invalid_score"]), row
 
     from metanet.runs.directory import RunDir
@@ -160,6 +162,20 @@ def evaluate_spec(spec, s: dict[str, Any], proposal: dict | None = None,
         commit_trial(run, trial_id, outcome, reward, s)
     row = {"id": trial_id, "status": outcome["status"], "score": outcome["score"], "reward": reward}
     return (reward if reward is not None else s["invalid_score"]), row
+
+
+def leave_weights(result, s: dict[str, Any]) -> dict[str, Any]:
+    """A remote trial's trained backbone, left in its NNI output folder for the search to fetch over SSH if it
+    keeps it (weights are far too large for NNI's metric channel); returns where they are."""
+    import socket
+    from safetensors.torch import save_file
+    folder = Path(os.environ.get("NNI_OUTPUT_DIR") or ".").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "metanet-backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in result.backbone_weights.items()}, str(path),
+              metadata={"stage": result.backbone_stage, "img_size": str(s["proxy_resolution"])})
+    return {"path": str(path), "host": socket.gethostname(), "stage": result.backbone_stage,
+            "img_size": s["proxy_resolution"]}
 
 
 def _ladder(run, trial_id: int, spec, s: dict[str, Any], flops: int, model=None,
