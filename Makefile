@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.14.1 torchvision==0.29.1
 DEMO   := runs/demo
 
-.PHONY: install install-test demo test test-fast docs clean sshd
+.PHONY: install install-test demo test test-fast docs clean sshd browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,9 +52,15 @@ sshd:
 	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server >/dev/null 2>&1 || \
 	   (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server >/dev/null))
 
+# The web UI test drives NNI's UI in Debian's headless Chromium (Selenium): installed the same way.
+browser:
+	@command -v chromedriver >/dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null))
+
 # Both cores: pytest-xdist runs two workers (each with one torch thread, tests/conftest.py), tests grouped by
 # module so a module's shared fixtures are built once (`--dist loadfile`).
-test: install-test sshd
+test: install-test sshd browser
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 	$(BIN)/mkdocs build --strict --quiet
 

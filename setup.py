@@ -45,7 +45,7 @@ setup(
         "hf": ["datasets"],
         "wds": ["webdataset"],
         "docs": ["mkdocs>=1.6", "mkdocs-material", "mkdocstrings[python]", "mkdocs-click"],
-        "test": ["pytest>=7", "pytest-xdist", "gym_notices", "tensorboard", "numba", "h5py", "onnx", "onnxruntime",
+        "test": ["pytest>=7", "pytest-xdist", "selenium", "gym_notices", "tensorboard", "numba", "h5py", "onnx", "onnxruntime",
                  "safetensors", "datasets", "webdataset",
                  # the docs are built by `make test` too
                  "mkdocs>=1.6", "mkdocs-material", "mkdocstrings[python]", "mkdocs-click"],

@@ -72,6 +72,39 @@ def results_cmd(run_dir, top, as_json):
     click.echo(operator_mix_table(rows))
 
 
+@cli.command("ui")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="Port of the web UI.")
+@click.option("--budget", default=None, help="The budget whose experiment to show (default: the last one run).")
+def ui_cmd(run_dir, port, budget):
+    """NNI's web UI for a finished ts-engine search (its trials, final metrics and metanet's keys), until Ctrl-C.
+
+    The UI of a running search is at the address it prints; this shows one that ended, read-only, on this
+    machine only. Proposals, rewritten choices and multi-fidelity rungs are not in NNI's UI: `metanet results`.
+    """
+    import time
+    from metanet.budget import format_flops, parse_flops
+    from metanet.errors import RunError
+    from metanet.search.nni_lifecycle import stored_experiments, view_experiment
+    found = stored_experiments(run_dir)
+    if budget is not None:
+        wanted = parse_flops(budget)
+        found = [e for e in found if e.get("budget") == wanted]
+    if not found:
+        raise RunError(f"{run_dir}: no NNI experiment recorded" + (f" for budget {budget}" if budget else "")
+                       + " (the sequential engine runs none; nni-experiments.jsonl lists those of --engine ts)")
+    entry = found[-1]
+    proc = view_experiment(entry["experiment"], port)
+    click.echo(f"NNI web UI of experiment {entry['experiment']} (budget {format_flops(entry['budget'])}): "
+               f"http://127.0.0.1:{port} (Ctrl-C ends it)")
+    try:
+        while proc.poll() is None:
+            time.sleep(1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 @cli.command("proxy-check")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--top", "top", type=click.IntRange(min=3), default=8, show_default=True,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import logging
 import math
 import os
@@ -456,6 +457,10 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
         (code / "README").write_text("NNI's trial code folder, copied to every machine; metanet trials need no code "
                                      "from here (NNI refuses an empty one).\n")
         workdir = contextlib.chdir(code)
+    if cfg.engine != "sequential":
+        # the manager and its web UI end with the search; NNI keeps the experiment, which `nnictl view` shows again
+        with open(Path(store.path).parent / "nni-experiments.jsonl", "a") as log:
+            log.write(json.dumps({"budget": budget, "experiment": exp.id, "port": cfg.port}) + "\n")
     try:
         with warnings.catch_warnings():
             # screened proposals are counted in the store, not kept in NNI's history
@@ -466,6 +471,8 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
                 _wait_for_port(cfg.port)  # the manager of a previous experiment may still be letting go of it
                 with workdir:
                     _run_watched(exp, cfg.port, budget, store)
+                echo(f"NNI experiment {exp.id} (budget {format_flops(budget)}) ended with its web UI; to see it "
+                     f"again: metanet ui {Path(store.path).parent} --port {cfg.port}")
     except (KeyboardInterrupt, MetanetError):
         raise
     except Exception as exc:

@@ -160,8 +160,23 @@ def evaluate_spec(spec, s: dict[str, Any], proposal: dict | None = None,
         outcome = _evaluate(spec, s, model, trial_id)
         reward = _reward(outcome, est.flops, s)
         commit_trial(run, trial_id, outcome, reward, s)
-    row = {"id": trial_id, "status": outcome["status"], "score": outcome["score"], "reward": reward}
+    row = {"id": trial_id, "status": outcome["status"], "score": outcome["score"], "reward": reward,
+           "test_score": outcome.get("test_score"), "metrics": outcome.get("metrics"), "flops": est.flops,
+           "params": est.params}
     return (reward if reward is not None else s["invalid_score"]), row
+
+
+def ui_metrics(reward: float, row: dict[str, Any]) -> dict[str, float]:
+    """The final metric NNI shows for a trial: its reward as ``default`` (what the strategy maximises), and the
+    numbers metanet records beside it (score, test score, MFLOPs, M params, every numeric stage metric)."""
+    shown = {"default": float(reward)}
+    for key, value in (("score", row.get("score")), ("test_score", row.get("test_score")),
+                       ("mflops", row["flops"] / 1e6 if row.get("flops") else None),
+                       ("mparams", row["params"] / 1e6 if row.get("params") else None),
+                       *sorted((row.get("metrics") or {}).items())):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            shown[key] = float(value)
+    return shown
 
 
 def leave_weights(result, s: dict[str, Any]) -> dict[str, Any]:
@@ -295,7 +310,7 @@ def nni_trial(model, settings: dict[str, Any]) -> None:
     reward, row = evaluate_spec(model.spec, settings, getattr(model, "proposal", None),
                                 getattr(model, "proposed_spec", None), model=built, bracket=HANDOFF.bracket)
     HANDOFF.trial, HANDOFF.replayed = row.get("id"), bool(row.get("replayed"))  # for the fidelity middleware
-    if settings.get("run_dir") is None:  # the search process writes the row (metanet.search.nni_adapter.StoreWriter)
-        nni.report_final_result({"default": float(reward), "metanet_row": row})
-    else:
-        nni.report_final_result(float(reward))
+    shown = ui_metrics(reward, row)
+    if settings.get("run_dir") is None:  # the search process writes the row (metanet.search.nni_adapter.trial_keeper)
+        shown["metanet_row"] = row
+    nni.report_final_result(shown)
