@@ -85,7 +85,7 @@ def ui_cmd(run_dir, port, budget):
     import time
     from metanet.budget import format_flops, parse_flops
     from metanet.errors import RunError
-    from metanet.search.nni_lifecycle import stored_experiments, view_experiment
+    from metanet.search.nni_view import stored_experiments, view_experiment
     found = stored_experiments(run_dir)
     if budget is not None:
         wanted = parse_flops(budget)

@@ -37,7 +37,8 @@ def trial_settings(cfg, run_dir: Path, budget: int) -> dict[str, Any]:
             "invalid_score": cfg.invalid_score, "budget_mode": cfg.budget_mode, "soft_weight": cfg.soft_weight,
             "fidelity": fidelity_settings(cfg),
             # trial processes share the cores: oversubscribed OpenMP threads spin and crawl
-            "threads": max(1, (os.cpu_count() or 1) // cfg.concurrency) if cfg.engine == "ts" else None}
+            "threads": max(1, (os.cpu_count() or 1) // cfg.concurrency) if cfg.engine == "ts" else None,
+            "engine": cfg.engine}
 
 
 def data_cache_dir(run_dir) -> Path:
@@ -310,7 +311,10 @@ def nni_trial(model, settings: dict[str, Any]) -> None:
     reward, row = evaluate_spec(model.spec, settings, getattr(model, "proposal", None),
                                 getattr(model, "proposed_spec", None), model=built, bracket=HANDOFF.bracket)
     HANDOFF.trial, HANDOFF.replayed = row.get("id"), bool(row.get("replayed"))  # for the fidelity middleware
-    shown = ui_metrics(reward, row)
+    if settings.get("engine", "ts") == "sequential":  # no manager, no UI: the strategy's events carry the reward
+        nni.report_final_result(float(reward))
+        return
+    shown = ui_metrics(reward, row)  # NNI's UI shows these; strategies read the default (model.metric)
     if settings.get("run_dir") is None:  # the search process writes the row (metanet.search.nni_adapter.trial_keeper)
         shown["metanet_row"] = row
     nni.report_final_result(shown)
