@@ -136,6 +136,10 @@ class ArchSpec:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise SpecError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except RecursionError:
+            raise SpecError(f"{source}: nested too deeply to be a spec") from None
+        except ValueError as exc:  # an integer past Python's digit limit
+            raise SpecError(f"{source}: not a usable spec ({str(exc).splitlines()[0].split(';')[0]})") from None
         return cls.from_dict(data, source=source)
 
     @classmethod
@@ -145,6 +149,8 @@ class ArchSpec:
                 text = fh.read()
         except OSError as exc:
             raise SpecError(f"{path}: cannot read spec ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}); a spec is a JSON file") from None
         return cls.from_json(text, source=str(path))
 
     @classmethod

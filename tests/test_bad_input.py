@@ -74,6 +74,12 @@ def ws(tmp_path_factory):
     }
     for name, text in files.items():
         (ws / name).write_text(text)
+    # not UTF-8, nested past Python's recursion limit, an integer past its digit limit
+    (ws / "latin1.json").write_bytes(b'{"version": 1, "name": "caf\xe9"}')
+    (ws / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (ws / "bigint.json").write_text('{"version": 1, "stem_width": ' + "9" * 6000 + "}")
+    (ws / "c_latin1.yaml").write_bytes(b"seed: 1 # caf\xe9\n")
+    (ws / "c_deep.yaml").write_text("seed: " + "[" * 100_000)
     return ws
 
 
@@ -101,6 +107,10 @@ SPACE = [
 ]
 
 SPECS = [
+    (["flops", "latin1.json"], "not UTF-8"),
+    (["flops", "deep.json"], "nested too deeply"),
+    (["flops", "bigint.json"], "bigint.json"),
+    (["build", "deep.json"], "deep.json"),
     (["flops", "missing.json"], "missing.json"),
     (["flops", "timm:not_a_model"], "not_a_model"),
     (["flops", "metanet_b4", "--resolution", "0"], "--resolution"),
@@ -145,6 +155,8 @@ EVALUATE = [
 
 S = SEARCH
 SEARCHES = [
+    ([*S, "--config", "c_latin1.yaml"], "not UTF-8"),
+    ([*S, "--config", "c_deep.yaml"], "nested too deeply"),
     ([*S, "--strategy", "annealing"], "strategy"),
     ([*S, "--stages", "nope"], "nope"),
     ([*S, "--stages", "zero-cost,zero-cost"], "listed twice"),
