@@ -178,7 +178,8 @@ _COUNTED: dict[tuple, Cost] = {}
 
 def block_cost(op, cin, cout, stride, expand, head_dim, hw_in, hw_out, grid) -> Cost:
     """Cost of one block of the registered operator ``op``: its ``cost`` formula, or, for an operator registered
-    without one, a built block counted with fvcore (once per operator and shape in a process)."""
+    without one, a built block counted with fvcore (once per operator and shape in a process, and kept for later
+    commands in ``$METANET_CACHE_DIR`` when set: :mod:`metanet.search_spaces.op_cost_cache`)."""
     import math
 
     from metanet.plugin.manager import registry
@@ -189,10 +190,17 @@ def block_cost(op, cin, cout, stride, expand, head_dim, hw_in, hw_out, grid) -> 
         return result if isinstance(result, Cost) else Cost(int(result[0]), int(result[1]))
     key = (op, operator.plugin, cin, cout, stride, expand, head_dim, hw_in, tuple(grid))
     if key not in _COUNTED:
-        from metanet.search_spaces.counter import count_flops, count_params
-        side = math.isqrt(hw_in)
-        block = operator.build(cin, cout, stride, expand, head_dim, 0.0, grid)
-        _COUNTED[key] = Cost(count_flops(block, (side, side), in_chans=cin).total, count_params(block))
+        from metanet.search_spaces.op_cost_cache import cache_for, shape_key
+        cache, skey = cache_for(operator.plugin), shape_key(op, cin, cout, stride, expand, head_dim, hw_in, grid)
+        stored = cache.get(skey)
+        if stored is not None:
+            _COUNTED[key] = Cost(*stored)
+        else:
+            from metanet.search_spaces.counter import count_flops, count_params
+            side = math.isqrt(hw_in)
+            block = operator.build(cin, cout, stride, expand, head_dim, 0.0, grid)
+            _COUNTED[key] = Cost(count_flops(block, (side, side), in_chans=cin).total, count_params(block))
+            cache.put(skey, _COUNTED[key].flops, _COUNTED[key].params)
     return _COUNTED[key]
 
 

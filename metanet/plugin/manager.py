@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -104,6 +105,22 @@ class PluginManager:
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"plugin '{name}': {exc}", name) from None
         self._sources[name] = (source, version)
+
+    def plugin_version(self, name: str) -> str | None:
+        """What identifies the code of plugin ``name``: its distribution's version (entry points), or a digest of
+        its module's source (modules named with -p, built-ins); None when neither is known."""
+        source, version = self._sources.get(name, (None, None))
+        if version is not None:
+            return f"dist:{version}"
+        plugin = self.pm.get_plugin(name)
+        path = getattr(plugin, "__file__", None)
+        if not path:
+            return None
+        import hashlib
+        try:
+            return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+        except OSError:
+            return None
 
     def _load_entry_points(self) -> None:
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
