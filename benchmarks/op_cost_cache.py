@@ -78,6 +78,8 @@ def main() -> None:
     builtin_show = timed([metanet, "space", "show"], env)
     builtin_sample = timed([metanet, "space", "sample"], env)
     ghost = [metanet, "-p", "ghostplug", "space"]
+    loaded_show = timed([*ghost, "show"], env)  # the built-in space with the plugin imported (it imports torch)
+    loaded_sample = timed([*ghost, "sample"], env)
     cold_show = timed([*ghost, "show", "--space", "ghostspace"], env)
     warm_show = timed([*ghost, "show", "--space", "ghostspace"], env)
     warm_sample = timed([*ghost, "sample", "--space", "ghostspace"], env)
@@ -85,10 +87,12 @@ def main() -> None:
     plain_sample = timed([*ghost, "sample", "--space", "ghostspace"], uncached)
     entries = sum(1 for _ in (cache / "op-costs").glob("*.json"))
     print(f"built-in space:          show {builtin_show:6.1f} s   sample {builtin_sample:6.1f} s")
+    print(f"built-in, plugin loaded: show {loaded_show:6.1f} s   sample {loaded_sample:6.1f} s")
     print(f"ghost space, no cache:   show {cold_show:6.1f} s   sample {plain_sample:6.1f} s  "
           f"({cold_show / builtin_show:.1f}x / {plain_sample / builtin_sample:.1f}x the built-in)")
     print(f"ghost space, cache warm: show {warm_show:6.1f} s   sample {warm_sample:6.1f} s  "
-          f"({warm_show / builtin_show:.2f}x / {warm_sample / builtin_sample:.2f}x the built-in; target 2x)")
+          f"({warm_show / builtin_show:.2f}x / {warm_sample / builtin_sample:.2f}x the built-in, "
+          f"{warm_show / loaded_show:.2f}x / {warm_sample / loaded_sample:.2f}x it with the plugin loaded; target 2x)")
     print(f"cache files: {entries} in {cache / 'op-costs'}")
 
 
