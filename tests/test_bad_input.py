@@ -60,6 +60,7 @@ def ws(tmp_path_factory):
     (ws / "afile.txt").write_text("a file")
     (ws / "exported").mkdir()
     (ws / "exported" / "keep.txt").write_text("mine")
+    (ws / "linked").symlink_to(ws / "exported")
     files = {
         "badfield.json": _spec(s2_op="conv9x9"), "huge.json": _spec(s1_depth=10 ** 9),
         "negwidth.json": _spec(s0_width=-5), "version.json": _spec(version=99), "list.json": "[]",
@@ -244,6 +245,7 @@ READING = [
     (["export", "run", "--out", "run"], "out: run"),
     (["export", "run", "--out", "run/sub"], "out: run/sub"),
     (["export", "run", "--out", ".", "--force"], "out: ."),
+    (["export", "run", "--out", "linked", "--force"], "symbolic link"),
     (["export", "run", "--out", "exported"], "exported"),
     (["export", "run", "--out", "e", "--budget", "5G"], "budget"),
     (["export", "run", "--out", "e", "--budget", "abc"], "budget"),

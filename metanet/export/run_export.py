@@ -171,6 +171,9 @@ def _write(out_dir, final_dir, model, spec, row, cfg, run_dir, note, trained, nu
 
 def check_out_dir(run_dir: Path, out_dir: Path) -> None:
     """--out may be neither the run, nor inside it, nor a folder that holds it (--force would delete it)."""
+    if out_dir.is_symlink():
+        # an export replaces --out as a whole (a swap of two folders): through a link it would replace the link
+        raise ExportError(f"out: {out_dir} is a symbolic link (to {os.readlink(out_dir)}); give the folder itself")
     run, out = run_dir.resolve(), out_dir.resolve()
     if out == run:
         raise ExportError(f"out: {out_dir} is the run directory itself; export to another folder")
