@@ -7,6 +7,7 @@ folder is always the old one or the new one, complete.
 """
 import hashlib
 import json
+import re
 import os
 import shutil
 import signal
@@ -796,3 +797,26 @@ def test_resume_of_a_run_whose_store_is_gone_is_an_error_not_a_fresh_search(tmp_
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "trials.sqlite: missing" in errors[0] and "its trials are lost" in errors[0]
     assert snapshot(run) == before
+
+
+# -- a stage plugin that misbehaves fails its trial, named; the search goes on --------------------------
+
+@pytest.mark.parametrize("returns, words", [
+    ('"not a dict"', "returned str, not a dict of metrics"),
+    ('{"seen": float("nan")}', "returned nan for metric 'seen'"),
+    ('{"seen": float("inf")}', "returned inf for metric 'seen'"),
+    ('__import__("sys").exit(3)', "the stage called sys.exit(3)"),
+    ('{"seen": 1 / 0}', "ZeroDivisionError"),
+])
+def test_a_misbehaving_stage_plugin_fails_its_trials_naming_the_plugin(tmp_path, monkeypatch, returns, words):
+    module = "odd_stage_" + re.sub(r"\W", "_", tmp_path.name)  # a module of its own per case (imports are cached)
+    (tmp_path / f"{module}.py").write_text(stage_plugin("odd", returns))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = CliRunner().invoke(cli, ["-p", module, "search", "--stages", "zero-cost,odd", "--proxy-resolution",
+                                      "16", "--trials", "2", "--flops", "400M", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "no trial finished (2 failed" in error[0], result.output
+    assert f"stage odd (plugin {module})" in error[0] and words in error[0], error[0]
+    rows = TrialStore(tmp_path / "run" / "trials.sqlite").trials()
+    assert len(rows) == 2 and all(r["status"] == "failed" for r in rows)  # both trials ran: the search went on

@@ -9,6 +9,7 @@ stage, the plugin whose code raised and the error.
 from __future__ import annotations
 
 import copy
+import math
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -208,20 +209,35 @@ def run_stage(pm: PluginManager, stage: Stage, ctx: StageContext) -> dict[str, f
     for impl in reversed(pm.hook.metanet_run_stage.get_hookimpls()):
         try:
             result = impl.function(stage=stage.name, context=ctx)
-        except Exception as exc:
-            raise _StageFailed(impl.plugin_name) from exc
+        except (Exception, SystemExit) as exc:
+            raise _StageFailed(impl.plugin_name) from _exit_as_error(exc)
         if result is not None:
-            return result
+            return _checked(result, stage.name, impl.plugin_name)
     if stage.ref is None:
         raise _StageFailed(stage.plugin) from RuntimeError(
             f"no plugin ran stage {stage.name!r} (it was registered without run= and no metanet_run_stage answered)")
     try:
         result = stage.obj(ctx)
-    except Exception as exc:
-        raise _StageFailed(stage.plugin) from exc
+    except (Exception, SystemExit) as exc:
+        raise _StageFailed(stage.plugin) from _exit_as_error(exc)
+    return _checked(result, stage.name, stage.plugin)
+
+
+def _exit_as_error(exc: BaseException) -> BaseException:
+    """A stage that calls ``sys.exit`` fails its trial; it does not end the search."""
+    if isinstance(exc, SystemExit):
+        return RuntimeError(f"the stage called sys.exit({exc.code!r})")
+    return exc
+
+
+def _checked(result, name: str, plugin: str | None) -> dict:
+    """A stage's metrics: a dict, with no NaN or infinite number (a strategy would rank it, a mean would spread it)."""
     if not isinstance(result, dict):
-        raise _StageFailed(stage.plugin) from TypeError(f"stage {stage.name!r} returned {type(result).__name__}, "
-                                                         "not a dict of metrics")
+        raise _StageFailed(plugin) from TypeError(f"stage {name!r} returned {type(result).__name__}, "
+                                                  "not a dict of metrics")
+    for key, value in result.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _StageFailed(plugin) from ValueError(f"stage {name!r} returned {value} for metric {key!r}")
     return result
 
 
