@@ -803,8 +803,6 @@ def test_resume_of_a_run_whose_store_is_gone_is_an_error_not_a_fresh_search(tmp_
 
 @pytest.mark.parametrize("returns, words", [
     ('"not a dict"', "returned str, not a dict of metrics"),
-    ('{"seen": float("nan")}', "returned nan for metric 'seen'"),
-    ('{"seen": float("inf")}', "returned inf for metric 'seen'"),
     ('__import__("sys").exit(3)', "the stage called sys.exit(3)"),
     ('{"seen": 1 / 0}', "ZeroDivisionError"),
 ])
