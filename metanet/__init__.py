@@ -81,7 +81,10 @@ def __getattr__(name):
     if name == "registry":
         from metanet.plugin.manager import registry
         return registry
+    if name == "Setting":  # a stage setting's type and range: register("s", run, defaults={"k": Setting(...)})
+        from metanet.plugin.settings import Setting
+        return Setting
     raise AttributeError(f"module 'metanet' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "hookimpl", "registry"]
+__all__ = ["__version__", "hookimpl", "registry", "Setting"]

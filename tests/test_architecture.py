@@ -28,8 +28,9 @@ LAYERS = [
 ALLOWED_UP = {
     # the package's __init__ registers the timm models at import (timm.create_model works after `import metanet`)
     ("metanet", "metanet.search_spaces.timm_models"),
-    # ... and resolves `metanet.hookimpl` / `metanet.registry` on first use (PEP 562)
+    # ... and resolves `metanet.hookimpl` / `metanet.registry` / `metanet.Setting` on first use (PEP 562)
     ("metanet", "metanet.plugin.hookspecs"), ("metanet", "metanet.plugin.manager"),
+    ("metanet", "metanet.plugin.settings"),
     # `python -m metanet` is the command line
     ("metanet.__main__", "metanet.cli"),
 }

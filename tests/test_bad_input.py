@@ -69,7 +69,7 @@ def ws(tmp_path_factory):
         "c_float.yaml": "trials: 1.7", "c_stages.yaml": "stages: 5", "c_seed.yaml": "seed: abc",
         "c_unknown.yaml": "colour: blue", "c_band.yaml": "band: [0.5, .inf]", "c_settings.yaml": "settings: {zero-cost: 5}",
         "c_flops.yaml": "flops: [true]", "c_list.yaml": "- a\n- b", "c_garbage.yaml": "a: [b\n", "c_bad.toml": "x = = 1",
-        "c_score.yaml": "score: 5", "c_strategy.yaml": "strategy: annealing", "c_webhost.yaml": "web_host: [1]",
+        "c_score.yaml": "score: 5", "c_negative.yaml": "settings: {zero-cost: {batch_size: -3}}", "c_strategy.yaml": "strategy: annealing", "c_webhost.yaml": "web_host: [1]",
         "machines.yaml": "machines: []", "weights.pth": "not a checkpoint",
         # were it ever imported (it is on sys.path in these tests), it would leave a file behind
         f"{MARKER}.py": "import pathlib\npathlib.Path(__file__).with_name('imported.txt').write_text('imported')\n",
@@ -131,6 +131,7 @@ SPECS = [
     (["build", "metanet_b4", "--resolution", "8"], "--resolution"),
     (["presets", "--bogus"], "--bogus"),
     (["plugins", "extra"], "extra"),
+    (["plugins", "--stage", "nope"], "nope"),
     (["-p", "no_such_plugin_module_xyz", "presets"], "no_such_plugin_module_xyz"),
     (["nope-command"], "nope-command"),
 ]
@@ -153,6 +154,20 @@ EVALUATE = [
     (["evaluate", "metanet_b4", "--score", "zero-cost.score=abc"], "score"),
     (["evaluate", "metanet_b4", "--stages", "amateur", "--score", "nope.acc"], "nope.acc"),  # before training
     (["evaluate", "metanet_b4", "--seed", "abc"], "--seed"),
+    # numbers no trial could use, refused by the stage's schema before any work
+    (["evaluate", "metanet_b4", "--stages", "amateur", "--set", "amateur.batch_size=0"], "amateur.batch_size"),
+    (["evaluate", "metanet_b4", "--stages", "amateur", "--set", "amateur.lr=nan"], "amateur.lr"),
+    (["evaluate", "metanet_b4", "--stages", "amateur", "--set", "amateur.lr=-1"], "amateur.lr"),
+    (["evaluate", "metanet_b4", "--stages", "amateur", "--set", "amateur.max_steps=-5"], "amateur.max_steps"),
+    (["evaluate", "metanet_b4", "--stages", "amateur", "--set", "amateur.warmup=1"], "amateur.warmup"),
+    (["evaluate", "metanet_b4", "--stages", "amateur", "--set", "amateur.optimizer=lion"], "amateur.optimizer"),
+    (["evaluate", "metanet_b4", "--stages", "amateur", "--set", "amateur.epochs=inf", "--set",
+      "amateur.max_steps=0"], "amateur.epochs"),
+    (["evaluate", "metanet_b4", "--stages", "zero-cost", "--set", "zero-cost.proxy=synflow"], "zero-cost.proxy"),
+    (["evaluate", "metanet_b4", "--stages", "amateur,downstream", "--set", "downstream.fraction=0"],
+     "downstream.fraction"),
+    (["evaluate", "metanet_b4", "--stages", "zero-cost", "--score", "zero-cost.score=nan"], "score"),
+    (["evaluate", "metanet_b4", "--stages", "zero-cost", "--score", "zero-cost.score=0"], "every weight is 0"),
 ]
 
 S = SEARCH
@@ -166,6 +181,10 @@ SEARCHES = [
     ([*S, "--set", "amateur.max_steps=3"], "amateur"),
     ([*S, "--set", "zero-cost.batch_size=abc"], "zero-cost.batch_size"),
     ([*S, "--set", "zero-cost.nope=1"], "nope"),
+    ([*S, "--set", "zero-cost.batch_size=0"], "zero-cost.batch_size"),
+    ([*S, "--set", "zero-cost.batch_size=1e400"], "zero-cost.batch_size"),
+    ([*S, "--config", "c_negative.yaml"], "zero-cost.batch_size"),
+    ([*S, "--score", "zero-cost.score=inf"], "score"),
     ([*S, "--set", "noequals"], "noequals"),
     ([*S, "--set", ".x=1"], ".x=1"),
     ([*S, "--flops", "5M"], "flops"),

@@ -1,4 +1,6 @@
 """The one registry: registered objects with behaviour, load-time errors, config parsed in one place."""
+import json
+import re
 import textwrap
 
 import pytest
@@ -128,3 +130,51 @@ def test_bad_settings_fail_before_the_run_directory_exists(tmp_path):
     assert "Traceback" not in result.output and not out.exists()
     help_text = " ".join(CliRunner().invoke(cli, ["search", "--help"]).output.split())
     assert "[default: 6]" in help_text and "[default: 300M]" in help_text and "[default: 0.9,1.0]" in help_text
+
+
+def test_a_stage_declares_its_settings_as_a_typed_schema(plugin):
+    name = plugin("schema_stage", '''
+        from metanet import Setting, hookimpl
+
+        @hookimpl
+        def metanet_register_stages(register):
+            register("probe", lambda context: {"acc": context.config["rate"]}, description="a probe",
+                     defaults={"rate": Setting(0.5, "a fraction", gt=0, le=1), "steps": Setting(10, "steps", ge=1),
+                               "mode": Setting("fast", "how", choices=("fast", "slow")), "scale": 2})
+    ''')
+    stage = registry([name]).stage("probe")
+    assert stage.defaults == {"rate": 0.5, "steps": 10, "mode": "fast", "scale": 2}
+    assert stage.config({"rate": 1, "steps": 3.0, "scale": 2.5}) == {"rate": 1, "steps": 3, "mode": "fast",
+                                                                     "scale": 2.5}
+    assert stage.config({"scale": "inf"})["scale"] == float("inf")  # a plain default takes any number, as before
+    for values, words in [({"rate": 0}, "probe.rate: must be greater than 0, got 0"),
+                          ({"rate": 1.5}, "probe.rate: must be at most 1, got 1.5"),
+                          ({"rate": float("nan")}, "probe.rate: expected a number, got NaN"),
+                          ({"steps": 0}, "probe.steps: must be at least 1, got 0"),
+                          ({"steps": 2.5}, "probe.steps: expected a whole number, got 2.5"),
+                          ({"steps": True}, "probe.steps: expected a number, got True"),
+                          ({"mode": "medium"}, "probe.mode: expected one of fast, slow, got 'medium'"),
+                          ({"scale": None}, "probe.scale: expected a number, got null")]:
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            stage.config(values)
+
+    # what `metanet plugins --stage` shows a user: each setting's default, type and range
+    result = CliRunner().invoke(cli, ["-p", name, "plugins", "--stage", "probe", "--json"])
+    assert result.exit_code == 0, result.output
+    settings = json.loads(result.output)["settings"]
+    assert settings["rate"] == {"default": 0.5, "type": "number", "gt": 0, "le": 1, "description": "a fraction"}
+    assert settings["mode"]["choices"] == ["fast", "slow"] and settings["scale"]["type"] == "number"
+    text = CliRunner().invoke(cli, ["-p", name, "plugins", "--stage", "probe"]).output
+    assert re.search(r"rate\s+0.5\s+number in \(0, 1\]\s+a fraction", text), text
+    assert re.search(r"steps\s+10\s+integer >= 1", text), text
+
+
+def test_the_built_in_stages_refuse_what_no_trial_could_use():
+    pm = registry()
+    for stage, key, value in [("amateur", "batch_size", 0), ("amateur", "lr", 0), ("amateur", "warmup", 1.0),
+                              ("expert", "max_steps", -1), ("generalist", "temperature", 0),
+                              ("downstream", "fraction", 1.5), ("downstream", "momentum", 1),
+                              ("zero-cost", "proxy", "synflow"), ("supernet", "calibration_batches", 0)]:
+        with pytest.raises(ConfigError, match=f"{stage}.{key}: "):
+            pm.stage(stage).config({key: value})
+    assert pm.stage("amateur").config({"epochs": "inf", "max_steps": 50})["epochs"] == float("inf")

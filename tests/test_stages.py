@@ -131,8 +131,13 @@ def test_bad_settings_raise_before_any_work(digits):
         evaluate_candidate(spec, ["pretrain"], digits)
     with pytest.raises(ConfigError, match="settings: stage 'expert' is not among the stages amateur"):
         evaluate_candidate(spec, ["amateur"], digits, config={"expert": {"lr": 1.0}})
-    bad = evaluate_candidate(spec, ["zero-cost"], digits, config={"zero-cost": {"proxy": "synflow"}})
-    assert bad.status == "failed" and "unknown proxy 'synflow'" in bad.error["message"]
+    # the stage's schema refuses a value no trial could use, before any trial
+    with pytest.raises(ConfigError, match="zero-cost.proxy: expected one of naswot, grad_norm, got 'synflow'"):
+        evaluate_candidate(spec, ["zero-cost"], digits, config={"zero-cost": {"proxy": "synflow"}})
+    for key, value, words in [("batch_size", 0, "at least 1"), ("lr", float("nan"), "NaN"), ("lr", -1, "greater than 0"),
+                              ("optimizer", "lion", "one of sgd, adamw, adam"), ("max_steps", 2.5, "whole number")]:
+        with pytest.raises(ConfigError, match=f"amateur.{key}: .*{words}"):
+            evaluate_candidate(spec, ["amateur"], digits, config={"amateur": {key: value}})
 
 
 def test_score_weights():

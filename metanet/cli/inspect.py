@@ -1,6 +1,7 @@
 """Inspecting the space and models: ``space show``/``space sample``, ``flops``, ``build``, ``presets``, ``plugins``."""
 from __future__ import annotations
 
+import json
 import random
 
 import click
@@ -141,11 +142,15 @@ def build_cmd(spec, resolution, num_classes, as_json):
 
 
 @cli.command("plugins")
+@click.option("--stage", metavar="NAME", help="Show one stage: its settings (default, type and range) and "
+                                               "capabilities, as --set STAGE.SETTING=VALUE takes them.")
 @json_option
-def plugins_cmd(as_json):
+def plugins_cmd(stage, as_json):
     """List every plugin, built-in or external, with its source, version, hooks and registrations."""
     from metanet.plugin.registered import KINDS
     pm = plugin_registry()
+    if stage is not None:
+        return _stage_settings(pm, stage, as_json)
     data = pm.describe()
     if as_json:
         return emit_json(data)
@@ -159,6 +164,22 @@ def plugins_cmd(as_json):
     for kind, table in data["registered"].items():
         if table:
             click.echo(f"{kind}: {', '.join(sorted(table))}")
+
+
+def _stage_settings(pm, name, as_json):
+    entry = pm.stage(name)
+    data = {"name": name, **entry.summary()}
+    if as_json:
+        return emit_json(data)
+    click.echo(f"stage {name} ({entry.plugin}): {entry.description}")
+    click.echo(f"    trains backbone: {entry.trains_backbone}; score metric: {entry.score_metric}; "
+               f"multi-fidelity: {entry.fidelity}")
+    rows = [(key, json.dumps(s.default), s.constraint_text(), s.description) for key, s in entry.schema.items()]
+    if rows:
+        w = [max(len(r[i]) for r in rows) for i in range(3)]
+        for key, default, rule, what in rows:
+            click.echo(f"  {key:<{w[0]}}  {default:<{w[1]}}  {rule:<{w[2]}}  {what}".rstrip())
+
 
 @cli.command("presets")
 @json_option

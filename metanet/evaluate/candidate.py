@@ -135,9 +135,16 @@ def parse_score(text: str | dict | None) -> dict[str, float] | None:
         if not name:
             raise ConfigError(f"score: empty metric name in {text!r}")
         try:
+            if isinstance(weight, bool):
+                raise TypeError(weight)
             weights[name] = float(weight) if weight not in ("", None) else 1.0
         except (TypeError, ValueError):
             raise ConfigError(f"score: weight of {name!r} is not a number: {weight!r}") from None
+        if not math.isfinite(weights[name]):
+            raise ConfigError(f"score: weight of {name!r} must be a finite number, got {weight!r}")
+    if weights and not any(weights.values()):
+        # every candidate would score 0: the strategy would learn nothing and the "best" would be arbitrary
+        raise ConfigError(f"score: every weight is 0 in {text!r}; give at least one metric a weight")
     return weights
 
 

@@ -69,8 +69,9 @@ def metanet_register_stages(register):
     measured on held-out data come from ``context.data``'s validation sets (``split.val``; rewards
     are computed from them), with their test-set counterparts named ``test_<name>`` (reported only;
     :func:`metanet.train.loop.evaluate_split` gives both). ``defaults``
-    is the stage's configuration (epochs, batch size, lr ...) that users override with ``--set``;
-    values keep the type of their default. ``trains_backbone=True`` declares that the stage leaves
+    is the stage's settings schema (epochs, batch size, lr ...) that users override with ``--set``: each a
+    :class:`metanet.Setting` (default, type, range, choices) or a plain value typed by itself, every value a
+    user gives checked against it before any trial. ``trains_backbone=True`` declares that the stage leaves
     trained backbone weights in ``context.state[name]["weights"]`` (the search keeps the best for
     export). ``score_metric`` is the metric that scores a candidate when this is the last stage of
     a run that declares one (``None``: never the default score). ``check(config, setup)``, optional,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from metanet.errors import ConfigError, PluginError
+from metanet.plugin.settings import Setting, check_settings, schema
 
 
 def resolve(ref: Any) -> Any:
@@ -97,7 +98,9 @@ class Operator(Registered):
 class Stage(Registered):
     """An evaluation stage: ``run(context) -> {metric: number}`` with declared capabilities.
 
-    ``defaults``: the settings users override with ``--set stage.key=value``. ``trains_backbone``:
+    ``defaults``: the settings users override with ``--set stage.key=value``: each a
+    :class:`metanet.plugin.settings.Setting` (type, range, choices) or a plain default (typed by itself), all
+    checked before any trial. ``trains_backbone``:
     the stage leaves trained backbone weights in ``context.state[name]["weights"]`` (kept for export).
     ``score_metric``: the metric that scores a candidate when this is the last scoring stage (None:
     this stage never provides the default score). A stage registered without ``run`` is run through
@@ -125,8 +128,14 @@ class Stage(Registered):
         check(config, setup)
 
     @property
+    def schema(self) -> dict[str, Setting]:
+        """Each setting with its type and range (a plain default typed by itself)."""
+        return schema(self.options.get("defaults"))
+
+    @property
     def defaults(self) -> dict[str, Any]:
-        return dict(self.options.get("defaults") or {})
+        """Each setting's default value."""
+        return {key: s.default for key, s in self.schema.items()}
 
     @property
     def trains_backbone(self) -> bool:
@@ -142,36 +151,18 @@ class Stage(Registered):
         return bool(self.options.get("fidelity", False))
 
     def config(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The defaults with ``overrides`` applied; an unknown key or a value of the wrong type is an error."""
-        defaults = self.defaults
-        out = dict(defaults)
-        for key, value in (overrides or {}).items():
-            if key not in defaults:
-                raise ConfigError(f"stage {self.name!r}: unknown setting {key!r} (settings: {', '.join(defaults)})")
-            out[key] = coerce_setting(f"{self.name}.{key}", value, defaults[key])
-        return out
+        """The defaults with ``overrides`` applied; an unknown key or a value its schema refuses is an error."""
+        return check_settings(self.name, self.schema, overrides)
 
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "defaults": self.defaults, "trains_backbone": self.trains_backbone,
-                "score_metric": self.score_metric, "fidelity": self.fidelity}
+        return {**super().summary(), "defaults": self.defaults,
+                "settings": {key: s.describe() for key, s in self.schema.items()},
+                "trains_backbone": self.trains_backbone, "score_metric": self.score_metric, "fidelity": self.fidelity}
 
 
 def coerce_setting(where: str, value: Any, default: Any) -> Any:
-    """A setting's value in the type of its default (``--set a.b=3`` arrives as int for a float default)."""
-    if default is None or value is None:
-        return value
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if isinstance(default, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        # an integer-valued number keeps the default's type; fractional epochs stay fractional
-        return int(value) if isinstance(default, int) and float(value).is_integer() else value
-    if isinstance(default, str) and not isinstance(value, str):
-        raise ConfigError(f"{where}: expected text, got {value!r}")
-    return value
+    """A setting's value as a plain default of ``default`` takes it (kept for plugins that called it)."""
+    return Setting.of(default).check(where, value)
 
 
 @dataclass
@@ -246,4 +237,4 @@ KINDS: dict[str, tuple[str, type[Registered]]] = {
 }
 
 __all__ = ["Registered", "Operator", "Stage", "SearchSpace", "Strategy", "Dataset", "Exporter", "KINDS", "resolve",
-           "coerce_setting"]
+           "coerce_setting", "Setting"]

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-OPTIMIZERS = ("sgd", "adamw", "adam")
+from metanet.train.names import OPTIMIZERS, SCHEDULES
 
 
 def _pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -242,9 +242,6 @@ class LossLog:
         k = max(1, min(self.window, len(self.values) // 2 or 1))
         return {"train_loss_first": sum(self.values[:k]) / k, "train_loss_last": sum(self.values[-k:]) / k,
                 "train_steps": float(len(self.values))}
-
-
-SCHEDULES = ("cosine", "constant")
 
 
 class Schedule:

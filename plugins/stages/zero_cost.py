@@ -9,9 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from metanet.data import for_eval
+from metanet.plugins.stages import PROXIES
 from metanet.train.loop import features, linear_head
-
-PROXIES = ("naswot", "grad_norm")
 
 
 def run(context):
