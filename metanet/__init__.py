@@ -4,7 +4,8 @@ The packages, in the order data flows through them (each may import the ones bef
 ``tests/test_architecture.py`` holds the contract):
 
 * core modules: :mod:`metanet.errors` (one-line errors), :mod:`metanet.budget` (FLOP budgets), :mod:`metanet.seeds`
-  (seeds derived from names), :mod:`metanet.atomic` (locks and atomic file writes), :mod:`metanet.quiet` (NNI's noise).
+  (seeds derived from names), :mod:`metanet.atomic` (locks and atomic file writes), :mod:`metanet.writable` (output
+  folders checked before any work), :mod:`metanet.quiet` (NNI's noise).
 * :mod:`metanet.plugin`: hook specs, the plugin manager, the registered objects (operators, spaces, stages ...).
 * :mod:`metanet.data`: data as users have it (folders, tars, timm datasets), splits, the decode-once cache.
 * :mod:`metanet.search_spaces`: architecture specs, the unified space, operators, the model, estimator and counter,

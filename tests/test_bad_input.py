@@ -247,6 +247,12 @@ SEARCHES = [
     (["-p", "json", "search", "--resume", "plugged"], MARKER),
     (["search", "--stages", "zero-cost", "--proxy-resolution", "16", "--out", "run"], "already holds a search"),
     (["search", "--stages", "zero-cost", "--proxy-resolution", "16", "--out", "afile.txt"], "afile.txt"),
+    # output folders that cannot be made: refused before the data is read
+    ([*S[:-1], "afile.txt/sub"], "afile.txt is a file, not a folder"),
+    ([*S[:-1], "/proc/metanet-test-run"], "/proc is on proc"),
+    ([*S[:-1], "/sys/metanet-test-run"], "/sys is on sysfs"),
+    (["supernet", "train", "--steps", "1", "--out", "afile.txt/sub"], "afile.txt is a file, not a folder"),
+    (["supernet", "train", "--steps", "1", "--out", "/proc/metanet-test-sn"], "/proc is on proc"),
 ]
 
 READING = [
@@ -281,6 +287,11 @@ READING = [
     (["export", "nostore", "--out", "e"], "no trial store"),
     (["export", "run"], "--out"),
     (["export", "run", "--out", "afile.txt"], "afile.txt"),
+    (["export", "run", "--out", "afile.txt/sub"], "out: cannot write afile.txt/sub: "),
+    (["export", "run", "--out", "/proc/metanet-test-export"], "/proc is on proc"),
+    (["convert", "weights.pth", "--preset", "uninet_b1", "--out", "/proc/metanet-test.safetensors"],
+     "/proc is on proc"),
+    (["convert", "weights.pth", "--preset", "uninet_b1", "--out", "afile.txt/x.safetensors"], "afile.txt is a file"),
     (["proxy-check", "run", "--top", "2"], "--top"),
     (["proxy-check", "nowhere"], "nowhere"),
     (["proxy-check", "run"], "needs at least"),
@@ -307,7 +318,7 @@ def snapshot(root: Path) -> dict[str, str]:
 def test_at_least_a_hundred_bad_inputs():
     assert len(CASES) >= 100
     assert {c[0][0] for c in CASES} >= {"space", "flops", "build", "presets", "plugins", "evaluate", "search",
-                                        "results", "export", "proxy-check", "convert"}
+                                        "results", "export", "proxy-check", "convert", "supernet"}
 
 
 @pytest.mark.parametrize("args, words", CASES, ids=[" ".join(a for a in c[0] if a not in SEARCH[1:]) for c in CASES])
@@ -837,3 +848,45 @@ def test_a_misbehaving_stage_plugin_fails_its_trials_naming_the_plugin(tmp_path,
     assert f"stage odd (plugin {module})" in error[0] and words in error[0], error[0]
     rows = TrialStore(tmp_path / "run" / "trials.sqlite").trials()
     assert len(rows) == 2 and all(r["status"] == "failed" for r in rows)  # both trials ran: the search went on
+
+
+# -- a read-only disk: refused before any work, naming the option -------------------------------------
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A read-only folder holding a finished run: a read-only tmpfs mounted as root (root writes through
+    permission bits), or a folder without write permission for other users; skipped where neither is possible."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    run_search(SearchConfig.from_dict({**FAST, "trials": 1, "out": str(ro / "run")}), progress=False,
+               echo=lambda m: None)
+    if os.geteuid() == 0:
+        if shutil.which("mount") is None or subprocess.run(["mount", "--bind", str(ro), str(ro)]).returncode != 0 \
+                or subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)]).returncode != 0:
+            subprocess.run(["umount", str(ro)], capture_output=True)
+            pytest.skip("root here cannot mount a read-only folder (mount --bind -o ro)")
+        yield ro
+        subprocess.run(["umount", str(ro)], check=True)
+    else:
+        ro.chmod(0o555)
+        (ro / "run").chmod(0o555)
+        yield ro
+        (ro / "run").chmod(0o755)
+        ro.chmod(0o755)
+
+
+@pytest.mark.parametrize("args, words", [
+    ([*SEARCH[:-1], "{ro}/new"], "out: cannot write {ro}/new: {ro} is "),
+    (["search", "--resume", "{ro}/run"], "resume: cannot write {ro}/run: {ro}/run is "),
+    (["proxy-check", "{ro}/run", "--top", "3"], "run_dir: cannot write {ro}/run: "),
+    (["export", "{ro}/run", "--out", "{ro}/export"], "out: cannot write {ro}/export: {ro} is "),
+    (["supernet", "train", "--steps", "1", "--out", "{ro}/sn"], "out: cannot write {ro}/sn: {ro} is "),
+])
+def test_a_read_only_disk_is_named_before_any_work(read_only, args, words):
+    before = snapshot(read_only)
+    result = CliRunner().invoke(cli, [a.format(ro=read_only) for a in args])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and words.format(ro=read_only) in errors[0], result.output
+    assert errors[0].endswith(("read-only filesystem", "not writable (permission denied)")), errors[0]
+    assert snapshot(read_only) == before

@@ -176,6 +176,10 @@ def convert_checkpoint(path: str | Path, spec, out: str | Path, force: bool = Fa
         raise ConvertError(f"{out}: is the checkpoint being converted; write elsewhere")
     if out.exists() and not force:
         raise ConvertError(f"{out}: exists; use --force to replace it")
+    if out.is_dir():
+        raise ConvertError(f"{out}: is a folder; the output is a .safetensors file")
+    from metanet.writable import check_creatable, make_dirs
+    check_creatable(out.parent, "out", ConvertError, shown=out)  # before the checkpoint is read
     state = convert_state_dict(read_checkpoint(path), spec)
     num_classes = state["classifier.weight"].shape[0] if "classifier.weight" in state else 0
     with torch.device("meta"):
@@ -190,7 +194,7 @@ def convert_checkpoint(path: str | Path, spec, out: str | Path, force: bool = Fa
         k = wrong[0]
         raise ConvertError(f"{path}: {k} has shape {tuple(state[k].shape)}, the architecture "
                            f"{tuple(target[k].shape)} ({len(wrong)} tensors differ)")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(out.parent, "out", ConvertError)
     partial = out.with_name(out.name + ".partial")
     save_file({k: v.contiguous() for k, v in state.items()}, str(partial),
               metadata={"converted_from": Path(path).name, "family": family_of(spec)})

@@ -88,6 +88,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, budget=None, rank: i
         raise ExportError(f"{out_dir}: exists and is not a folder")
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise ExportError(f"{out_dir}: exists and is not empty; use --force to replace it")
+    from metanet.writable import check_creatable
+    check_creatable(out_dir.parent, "out", ExportError, shown=out_dir)  # the export is made beside it, then renamed into place
     cfg = run.config
     row = select_trial(run, budget, rank, trial)
     try:
@@ -212,8 +214,8 @@ def restore_moved_aside(final_dir: Path) -> None:
 def staging_dir(final_dir: Path) -> Path:
     """A fresh sibling of ``final_dir`` (same filesystem, so the last step is a rename); leftovers of
     exports that were killed are removed first (a moved-aside export was restored before this)."""
-    parent = final_dir.parent
-    parent.mkdir(parents=True, exist_ok=True)
+    from metanet.writable import make_dirs
+    parent = make_dirs(final_dir.parent, "out", ExportError)
     for old in _leftovers(final_dir):
         if old.name.endswith(ASIDE) and not final_dir.exists():
             continue  # the only copy of the previous export: never deleted while nothing replaced it

@@ -35,6 +35,7 @@ def _score_order(row: dict[str, Any]) -> tuple:
 class RunDir:
     CONFIG = "config.json"
     STORE = "trials.sqlite"
+    DEFAULT_PARENT = "runs"  # where a search without --out makes its run-<time> folder
     WEIGHTS = "weights"
     SUMMARY = "summary.txt"
     PLOT = "pareto.png"
@@ -50,11 +51,12 @@ class RunDir:
     def create(cls, cfg: SearchConfig) -> "RunDir":
         """A new run directory for ``cfg`` (``cfg.out`` or a timestamped one), returned locked; refuses to
         reuse a run. The caller releases the lock (:meth:`release`) when it stops writing."""
-        path = Path(cfg.out or f"runs/search-{time.strftime('%Y%m%d-%H%M%S')}")
+        path = Path(cfg.out or f"{cls.DEFAULT_PARENT}/search-{time.strftime('%Y%m%d-%H%M%S')}")
         cls.refuse_existing(path)  # before anything is created
         if path.exists() and not path.is_dir():
             raise RunError(f"{path}: exists and is not a directory")
-        path.mkdir(parents=True, exist_ok=True)
+        from metanet.writable import make_dirs
+        make_dirs(path, "out", RunError)
         cfg.out = str(path)
         run = cls(path, cfg)
         run.acquire()

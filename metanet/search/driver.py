@@ -17,6 +17,7 @@ from metanet.search.report import SearchSummary, summarize
 from metanet.runs.directory import RunDir
 from metanet.runs.config import SearchConfig
 from metanet.runs.store import DONE, OK, RUNNING
+from metanet.writable import check_creatable
 
 
 def check_config(cfg: SearchConfig):
@@ -251,6 +252,7 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool | None = 
         if not (run.path / RunDir.CONFIG).is_file():
             raise RunError(f"{run.path}: not a search run directory (no {RunDir.CONFIG})")
         run.check_store()  # a damaged store is named now, before the run is touched
+        check_creatable(run.path, "resume", RunError)  # a run on a read-only disk: before the checks, not after
         # locked before the checks, which take seconds (imports, data): a second writer fails at once
         run.acquire()
         try:
@@ -261,6 +263,7 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool | None = 
     else:
         if cfg.out:
             RunDir.refuse_existing(cfg.out)  # at once, not after the checks
+        check_creatable(cfg.out or RunDir.DEFAULT_PARENT, "out", RunError)
         space, data = check_config(cfg)
         run = RunDir.create(cfg)  # locked: a second writer fails at once, naming this process
     try:

@@ -193,6 +193,8 @@ def proxy_check(run_dir: str | Path, top: int, sets: dict[str, dict] | None = No
         raise ConfigError(f"top: need at least {MIN_TRIALS} trials to correlate rankings, got {top}", param="top")
     run = RunDir.open(run_dir)
     cfg = run.config
+    from metanet.writable import check_creatable
+    check_creatable(run.path, "run_dir", RunError)  # its re-evaluations are kept in the run, resumable
     if budget is not None and budget not in cfg.flops:
         raise ConfigError(f"flops: the run has no budget {budget} (budgets: {', '.join(map(str, cfg.flops))})",
                           param="flops")

@@ -132,7 +132,8 @@ class SupernetDir:
 
     def acquire(self) -> None:
         from metanet.atomic import exclusive_lock
-        self.path.mkdir(parents=True, exist_ok=True)
+        from metanet.writable import make_dirs
+        make_dirs(self.path, "out", SupernetError)
         self._lock_fd = exclusive_lock(
             self.path / LOCK, "the supernet's lock file",
             lambda holder: f"{self.path}: another `metanet supernet train` is writing it ({holder}); wait for it "
@@ -201,9 +202,11 @@ def train(settings: SupernetSettings, out: str | os.PathLike, resume: bool = Fal
                               f"imported only when named again: metanet {' '.join('-p ' + m for m in missing)} "
                               f"supernet train --resume --out {sdir.path}", missing[0])
     else:
-        if sdir.path.exists() and any(sdir.path.iterdir()):
+        if sdir.path.is_dir() and any(sdir.path.iterdir()):
             raise RunError(f"{sdir.path}: exists and is not empty; use --resume to continue a supernet there "
                            "or choose another --out", param="out")
+    from metanet.writable import check_creatable
+    check_creatable(sdir.path, "out", RunError)  # before the data is read and the space derived
     settings.check()
     pm = registry(settings.plugins)
     data, source, split = _data(settings, pm)  # data trouble surfaces before the directory is made
