@@ -96,6 +96,8 @@ def count_timm_model(name: str, resolution: int, num_classes: int) -> dict:
     from metanet.errors import ConfigError
     if name not in timm.list_models():
         raise ConfigError(f"unknown timm model {name!r} (see timm.list_models())")
+    from metanet.search_spaces.memory import check_image_fits
+    check_image_fits(resolution, option="resolution")
     model = timm.create_model(name, pretrained=False, num_classes=num_classes)
     try:
         counted = count_flops(model, resolution)

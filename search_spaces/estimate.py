@@ -197,6 +197,14 @@ def block_cost(op, cin, cout, stride, expand, head_dim, hw_in, hw_out, grid) -> 
             _COUNTED[key] = Cost(*stored)
         else:
             from metanet.search_spaces.counter import count_flops, count_params
+            from metanet.search_spaces.memory import FLOAT_BYTES, format_bytes, machine_memory
+            limit = machine_memory()
+            if limit and FLOAT_BYTES * cin * hw_in * max(1.0, expand) > limit:  # the block must run to be counted
+                from metanet.errors import ConfigError
+                raise ConfigError(f"resolution: operator {op!r} has no cost formula and is counted by running a "
+                                  f"block; at this resolution its input alone ({cin} x {hw_in:,} values) needs "
+                                  f"{format_bytes(FLOAT_BYTES * cin * hw_in)}, more than this machine's "
+                                  f"{format_bytes(limit)}")
             side = math.isqrt(hw_in)
             block = operator.build(cin, cout, stride, expand, head_dim, 0.0, grid)
             _COUNTED[key] = Cost(count_flops(block, (side, side), in_chans=cin).total, count_params(block))

@@ -129,6 +129,11 @@ SPECS = [
     (["build", "badfield.json"], "s2_op"),
     (["build", "huge.json"], "s1_depth"),
     (["build", "metanet_b4", "--resolution", "8"], "--resolution"),
+    # sizes no machine holds: refused from the spec before anything is allocated
+    (["build", "metanet_b4", "--resolution", "100000"], "resolution: metanet_b4 at 100,000 px needs at least"),
+    (["build", "metanet_b4", "--num-classes", "100000000000"], "num_classes: a classifier of 100,000,000,000"),
+    (["flops", "metanet_b4", "--count", "--resolution", "100000"], "resolution: metanet_b4 at 100,000 px"),
+    (["flops", "timm:resnet18", "--resolution", "200000"], "resolution: 200,000 px images need at least"),
     (["presets", "--bogus"], "--bogus"),
     (["plugins", "extra"], "extra"),
     (["plugins", "--stage", "nope"], "nope"),
@@ -168,6 +173,9 @@ EVALUATE = [
      "downstream.fraction"),
     (["evaluate", "metanet_b4", "--stages", "zero-cost", "--score", "zero-cost.score=nan"], "score"),
     (["evaluate", "metanet_b4", "--stages", "zero-cost", "--score", "zero-cost.score=0"], "every weight is 0"),
+    (["evaluate", "metanet_b4", "--stages", "zero-cost", "--proxy-resolution", "100000"],
+     "proxy_resolution: metanet_b4 at 100,000 px needs at least"),
+    (["evaluate", "metanet_b4", "--stages", "amateur", "--proxy-resolution", "6000"], "training step of batch 32"),
 ]
 
 S = SEARCH
@@ -249,6 +257,11 @@ SEARCHES = [
     (["search", "--stages", "zero-cost", "--proxy-resolution", "16", "--out", "afile.txt"], "afile.txt"),
     # output folders that cannot be made: refused before the data is read
     ([*S[:-1], "afile.txt/sub"], "afile.txt is a file, not a folder"),
+    (["search", "--stages", "zero-cost", "--proxy-resolution", "100000", "--out", "new"],
+     "proxy_resolution: 100,000 px images need at least"),
+    (["search", "--stages", "zero-cost", "--proxy-resolution", "20000", "--out", "new"],
+     "proxy_resolution: the digits data at 20,000 px needs"),
+    (["supernet", "train", "--proxy-resolution", "100000", "--out", "sn"], "proxy_resolution: 100,000 px images"),
     ([*S[:-1], "/proc/metanet-test-run"], "/proc is on proc"),
     ([*S[:-1], "/sys/metanet-test-run"], "/sys is on sysfs"),
     (["supernet", "train", "--steps", "1", "--out", "afile.txt/sub"], "afile.txt is a file, not a folder"),
@@ -288,6 +301,8 @@ READING = [
     (["export", "run"], "--out"),
     (["export", "run", "--out", "afile.txt"], "afile.txt"),
     (["export", "run", "--out", "afile.txt/sub"], "out: cannot write afile.txt/sub: "),
+    (["export", "run", "--out", "e", "--num-classes", "100000000000"], "num_classes: a classifier of"),
+    (["proxy-check", "run", "--proxy-resolution", "100000"], "proxy_resolution: 100,000 px images need"),
     (["export", "run", "--out", "/proc/metanet-test-export"], "/proc is on proc"),
     (["convert", "weights.pth", "--preset", "uninet_b1", "--out", "/proc/metanet-test.safetensors"],
      "/proc is on proc"),

@@ -58,15 +58,21 @@ def evaluate_cmd(ctx, spec, rerun, stages, data, data_dir, downstream, cache, pr
     from metanet.runs.config import _names, parse_sets, parse_stages
     from metanet.evaluate.candidate import check_score_stages, check_stages, evaluate_repeated, parse_score, preflight_stages
     from metanet.runs.store import OK
+    from metanet.evaluate.candidate import step_size
+    from metanet.search_spaces.size_report import check_fits
     pm = plugin_registry()
     arch = load_spec(spec)
     settings, weights = parse_sets(sets), parse_score(score)
     stage_list = parse_stages(stages) if stages is not None else None
+    fits = dict(resolution_option="proxy_resolution", accelerator=accelerator, what=spec)
+    check_fits(arch, proxy_resolution, **fits)  # before the data is decoded at this size
     if stage_list is not None:
         if weights:
             check_score_stages(weights, stage_list)  # before any training
-        preflight_stages(pm, stage_list, check_stages(pm, stage_list, settings),
-                         {"data": data, "proxy_resolution": proxy_resolution})
+        configs = check_stages(pm, stage_list, settings)
+        preflight_stages(pm, stage_list, configs, {"data": data, "proxy_resolution": proxy_resolution})
+        batch, training = step_size(pm, stage_list, configs)
+        check_fits(arch, proxy_resolution, batch=batch, training=training, **fits)
     warn_small_attention_grids(arch, proxy_resolution)
     bundle = load_data(pm, data, proxy_resolution, seed, val_fraction, data_dir=data_dir,
                        downstream=_names(downstream or [], "downstream"), cache=cache, min_val_images=min_val_images)
@@ -74,8 +80,10 @@ def evaluate_cmd(ctx, spec, rerun, stages, data, data_dir, downstream, cache, pr
         stage_list = [s for s in EVALUATE_STAGES.split(",") if s != "downstream" or bundle.tasks]
         if weights:
             check_score_stages(weights, stage_list)
-        preflight_stages(pm, stage_list, check_stages(pm, stage_list, settings),
-                         {"data": data, "proxy_resolution": proxy_resolution})
+        configs = check_stages(pm, stage_list, settings)
+        preflight_stages(pm, stage_list, configs, {"data": data, "proxy_resolution": proxy_resolution})
+        batch, training = step_size(pm, stage_list, configs)
+        check_fits(arch, proxy_resolution, batch=batch, training=training, **fits)
     for note in dict.fromkeys(bundle.notes):
         click.echo(note, err=True)
     from metanet.train.runtime import Runtime

@@ -121,8 +121,10 @@ def build_cmd(spec, resolution, num_classes, as_json):
 
     from metanet.search_spaces.counter import count_params
     from metanet.search_spaces.metanet import MetaNet
+    from metanet.search_spaces.size_report import check_fits
     plugin_registry()
     arch = load_spec(spec)
+    check_fits(arch, resolution, num_classes, what=spec)  # before anything is allocated
     torch.manual_seed(0)
     model = MetaNet(arch, num_classes=num_classes, img_size=resolution).eval()
     x = torch.randn(1, 3, resolution, resolution)

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from metanet.data.bundle import DataBundle, Split, split_indices
+from metanet.data.decoded import available_memory, format_bytes
+from metanet.errors import DataError
 from metanet.data.images import mean_std
 
 UPSTREAM_DIGITS = tuple(range(7))
@@ -21,6 +23,12 @@ HELDOUT_DIGITS = (7, 8, 9)
 def load_digits_bundle(resolution: int = 32, seed: int = 0, test_fraction: float = 0.3) -> DataBundle:
     from sklearn.datasets import load_digits
     digits = load_digits()
+    # kept decoded as floats: the interpolated copy, the normalised one and its three channels, all at once
+    need = len(digits.images) * resolution * resolution * 4 * 5
+    available = available_memory()
+    if available and need > available:
+        raise DataError(f"proxy_resolution: the digits data at {resolution:,} px needs {format_bytes(need)} in memory "
+                        f"({len(digits.images):,} images kept as floats); {format_bytes(available)} is available")
     images = torch.as_tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
     images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False)
     mean, std = mean_std()

@@ -197,6 +197,12 @@ def check_stages(pm: PluginManager, stages: list[str], config: dict[str, dict] |
     return {name: pm.stage(name).config(config.get(name)) for name in stages}
 
 
+def step_size(pm: PluginManager, stages: list[str], configs: dict[str, dict]) -> tuple[int, bool]:
+    """The largest batch a step of these stages takes, and whether any trains (for the memory check)."""
+    batch = max([int(c["batch_size"]) for c in configs.values() if isinstance(c.get("batch_size"), int)] or [1])
+    return batch, any(pm.stage(s).trains_backbone or pm.stage(s).fidelity for s in stages)
+
+
 def preflight_stages(pm: PluginManager, stages: list[str], configs: dict[str, dict], setup: dict[str, Any]) -> None:
     """Each stage's own check of what the run is set up with (see ``Stage.preflight``)."""
     for name in stages:

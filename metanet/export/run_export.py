@@ -99,6 +99,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, budget=None, rank: i
 
     wpath = run.weights_path(row["id"])
     img_size = cfg.proxy_resolution
+    from metanet.search_spaces.size_report import check_fits
+    traced = [f for f in formats if f in FORMATS]  # TorchScript and ONNX run it once at the run's resolution
+    check_fits(spec, cfg.resolution if traced else img_size, num_classes, img_size=img_size)
     trained = wpath.exists()
     model = MetaNet(spec, num_classes=num_classes, img_size=img_size).eval()
     if trained:

@@ -35,6 +35,10 @@ def check_config(cfg: SearchConfig):
     for stage in (cfg.stages or []) + cfg.final_stages:
         _lookup("stages", pm.stage, stage)
     check_engine(cfg)
+    remote = cfg.engine == "ts" and cfg.training_service != "local"
+    if not remote:  # the data is decoded here at this size (other machines are theirs to size)
+        from metanet.search_spaces.memory import check_image_fits
+        check_image_fits(cfg.proxy_resolution, accelerator=cfg.accelerator)
     data = check_data(pm, cfg)
     if cfg.stages is None:
         cfg.stages = default_stages(bool(data.tasks))
@@ -43,6 +47,9 @@ def check_config(cfg: SearchConfig):
                               "held-out ImageFolder tasks with --downstream DIR for the downstream stage)")
     both = list(dict.fromkeys(cfg.stages + cfg.final_stages))
     configs = check_stages(pm, both, cfg.settings)
+    if not remote:
+        from metanet.evaluate.candidate import step_size
+        check_image_fits(cfg.proxy_resolution, step_size(pm, both, configs)[0], accelerator=cfg.accelerator)
     if cfg.final_stages:
         from metanet.evaluate.candidate import check_score_stages, default_score_weights
         check_score_stages(default_score_weights(cfg.final_stages, pm), cfg.final_stages)

@@ -167,6 +167,9 @@ def check_config(cfg: SearchConfig, sets: dict[str, dict], proxy_resolution: int
                   proxy_resolution=proxy_resolution or cfg.proxy_resolution, repeats=repeats or cfg.repeats,
                   seed=cfg.seed if seed is None else seed, engine="sequential", out=None, final_stages=[])
     preflight_stages(pm, new_stages, configs, out.stage_setup())
+    from metanet.evaluate.candidate import step_size
+    from metanet.search_spaces.memory import check_image_fits
+    check_image_fits(out.proxy_resolution, step_size(pm, new_stages, configs)[0], accelerator=out.accelerator)
     return out
 
 

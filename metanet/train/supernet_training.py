@@ -208,6 +208,8 @@ def train(settings: SupernetSettings, out: str | os.PathLike, resume: bool = Fal
     from metanet.writable import check_creatable
     check_creatable(sdir.path, "out", RunError)  # before the data is read and the space derived
     settings.check()
+    from metanet.search_spaces.memory import check_image_fits
+    check_image_fits(settings.proxy_resolution, settings.batch_size, accelerator=settings.accelerator)
     pm = registry(settings.plugins)
     data, source, split = _data(settings, pm)  # data trouble surfaces before the directory is made
     spaces = budget_spaces(settings, pm)
