@@ -184,10 +184,8 @@ def block_cost(op, cin, cout, stride, expand, head_dim, hw_in, hw_out, grid) -> 
 
     from metanet.plugin.manager import registry
     operator = registry().operator(op)
-    formula = operator.cost_formula
-    if formula is not None:
-        result = formula(cin, cout, stride, expand, head_dim, hw_in=hw_in, hw_out=hw_out, grid=grid)
-        return result if isinstance(result, Cost) else Cost(int(result[0]), int(result[1]))
+    if operator.cost_formula is not None:
+        return Cost(*operator.cost(cin, cout, stride, expand, head_dim, hw_in, hw_out, grid))
     key = (op, operator.plugin, cin, cout, stride, expand, head_dim, hw_in, tuple(grid))
     if key not in _COUNTED:
         from metanet.search_spaces.op_cost_cache import cache_for, shape_key

@@ -22,6 +22,9 @@ def search_cmd(ctx, sets, config_file, resume_dir, as_json, **flags):
 
     With no arguments: the digits data, a 300M budget, 6 random trials, stages
     zero-cost,amateur,downstream (a few minutes on 2 CPU cores).
+
+    Exit status: 0 when every trial finished, 3 when some failed (the others give the result), 1 when none
+    finished or the search could not run, 2 for a usage error, 130/143 when stopped by Ctrl-C/SIGTERM.
     """
     from metanet.errors import ConfigError, RunError
     from metanet.runs.directory import RunDir
@@ -55,6 +58,16 @@ def search_cmd(ctx, sets, config_file, resume_dir, as_json, **flags):
         raise RunError(f"no trial finished ({summary.failed} failed"
                        + (f"; first error: {summary.first_error}" if summary.first_error else "")
                        + f"); the trials are in {summary.run_dir}")
+    if summary.failed:  # a result, from fewer candidates than asked: scripts see it in the status
+        click.echo(f"warning: {summary.failed} of {summary.trials} trials failed (first: {summary.first_error}); "
+                   f"the best are from the {summary.finished} that finished (metanet results {summary.run_dir})",
+                   err=True)
+        ctx.exit(PARTIAL)
+
+
+# The exit status of a search that finished with some of its trials failed (0: all finished, 1: none did or it
+# could not run, 2: a usage error, 128+N: stopped by signal N).
+PARTIAL = 3
 
 @cli.command("results")
 @click.argument("run_dir", type=click.Path(file_okay=False))

@@ -28,8 +28,6 @@ def load_data(pm, source: str, resolution: int, seed: int, val_fraction: float =
         bundle = load_timm_dataset(source, data_dir, resolution, seed, cache=cache, cache_dir=cache_dir)
     else:
         bundle = _load(pm, source, resolution, seed)
-        if not isinstance(bundle, DataBundle):
-            raise DataError(f"data: loader of {source!r} returned {type(bundle).__name__}, not a DataBundle")
     for folder in downstream or ():
         from metanet.data.folders import DEFAULT_TEST_FRACTION, read_tasks
         from metanet.data.images import ImageTransforms
@@ -51,14 +49,22 @@ def _load(pm, source: str, resolution: int, seed: int) -> DataBundle:
         dataset = pm.dataset(name)
         if not dataset.takes_path:
             raise DataError(f"data: dataset {name!r} does not read a folder; use --data {name}")
-        return dataset.load(resolution, seed, path)
+        return _bundle(dataset, dataset.load(resolution, seed, path))
     if os.path.isdir(source) or os.sep in source:
         readers = [d for d in pm.registry["datasets"].values() if d.takes_path]
         if len(readers) != 1:
             names = ", ".join(d.name for d in readers) or "none"
             raise DataError(f"data: {source} is a folder; say which loader reads it as NAME:{source} ({names})")
-        return readers[0].load(resolution, seed, source)
-    return pm.dataset(source).load(resolution, seed)
+        return _bundle(readers[0], readers[0].load(resolution, seed, source))
+    dataset = pm.dataset(source)
+    return _bundle(dataset, dataset.load(resolution, seed))
+
+
+def _bundle(dataset, bundle) -> DataBundle:
+    """What a loader returned, if it is a bundle; else one line naming the plugin."""
+    if not isinstance(bundle, DataBundle):
+        raise dataset.error(f"loader returned {type(bundle).__name__}, not a metanet.data.DataBundle")
+    return bundle
 
 
 _loaded: dict[tuple, DataBundle] = {}

@@ -13,7 +13,7 @@ import math
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -209,6 +209,19 @@ def preflight_stages(pm: PluginManager, stages: list[str], configs: dict[str, di
         pm.stage(name).preflight(configs[name], setup)
 
 
+# Where an evaluation says which stage it has entered (set by a search's trial process, which records it in the
+# trial's row): a process that dies inside a stage (os._exit, a crash, the OOM killer) is then named by its stage.
+STAGE_PROGRESS: Callable[[str, str | None], None] | None = None
+
+
+def _entered(stage: Stage) -> None:
+    if STAGE_PROGRESS is not None:
+        try:
+            STAGE_PROGRESS(stage.name, stage.plugin)
+        except Exception:  # progress is a courtesy: never the reason a trial fails
+            pass
+
+
 class _StageFailed(Exception):
     def __init__(self, plugin: str | None):
         self.plugin = plugin
@@ -285,8 +298,7 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
     trial = dict(trial or {})
     trial.setdefault("id", 0)
     trial.update(spec=spec.to_dict(), stages=list(stages))
-    for problem in pm.notify("metanet_trial_started", trial=trial):
-        trial.setdefault("warnings", []).append(problem)
+    pm.notify_trial("metanet_trial_started", trial=trial)
 
     start = time.perf_counter()
     if model is None:
@@ -305,7 +317,7 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
             error = _error_record(None, None, exc)
     if error is not None:
         result = TrialResult(FAILED, metrics, None, error, state, time.perf_counter() - start)
-        pm.notify("metanet_trial_failed", trial=trial, error=error)
+        pm.notify_trial("metanet_trial_failed", trial=trial, error=error)
         return result
     test_score = combine_test_score(metrics, weights)
     metrics["score"] = score
@@ -315,7 +327,7 @@ def evaluate_candidate(spec, stages: list[str], data: DataBundle, *, config: dic
     if test_score is not None:
         metrics["test_score"] = test_score
     result = TrialResult(OK, metrics, score, None, state, time.perf_counter() - start, backbone, test_score)
-    pm.notify("metanet_trial_finished", trial=trial, metrics=metrics)
+    pm.notify_trial("metanet_trial_finished", trial=trial, metrics=metrics)
     return result
 
 
@@ -349,6 +361,7 @@ def _run_stages(pm: PluginManager, stages: list[str], configs: dict[str, dict], 
             ctx = StageContext(model, spec, data, configs[current_stage], state, device, seed, runtime, current_stage,
                                rung)
             # each stage draws from generators seeded by (seed, stage): what ran before it cannot change its numbers
+            _entered(stage)
             with runtime.active(), seeded(derive(seed, "stage", current_stage), device), \
                     deterministic_algorithms(runtime.deterministic or device.type == "cpu"):
                 result = run_stage(pm, stage, ctx)

@@ -167,7 +167,7 @@ def _write(out_dir, final_dir, model, spec, row, cfg, run_dir, note, trained, nu
         files.append(out_dir / "model.onnx")
     for name in formats:  # formats added by plugins (metanet_register_exporters)
         if name not in FORMATS:
-            files.append(Path(plugin_formats[name].obj(model, spec, str(out_dir))))
+            files.append(plugin_formats[name].export(model, spec, str(out_dir)))
     load_line = load_snippet(final_dir)  # the README names the folder where it will be
     (out_dir / "README.md").write_text(_readme(final_dir, row, cfg, note, load_line, formats))
     files.append(out_dir / "README.md")

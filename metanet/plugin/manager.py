@@ -25,7 +25,7 @@ import pluggy
 
 from metanet import hookspecs
 from metanet.errors import PluginError, UnknownName
-from metanet.plugin.registered import KINDS, Dataset, Operator, Registered, SearchSpace, Stage, Strategy
+from metanet.plugin.registered import KINDS, Dataset, Operator, Registered, SearchSpace, Stage, Strategy, plugin_failure
 
 ENTRY_POINT_GROUP = "metanet"
 ENV_PLUGINS = "METANET_PLUGINS"
@@ -206,15 +206,27 @@ class PluginManager:
                       for kind, table in self.registry.items()}
         return {"plugins": rows, "registered": registered}
 
+    def notify_trial(self, hookname: str, **kwargs) -> None:
+        """:meth:`notify` for the per-trial observers: each distinct problem is printed once per process (on
+        stderr, ``warning: ...``), not once per trial."""
+        import sys
+        for problem in self.notify(hookname, **kwargs):
+            if problem not in _REPORTED:
+                _REPORTED.add(problem)
+                print(f"warning: {problem} (reported once)", file=sys.stderr)
+
     def notify(self, hookname: str, **kwargs) -> list[str]:
         """Call an observer hook; a raising observer is reported, never fatal. Returns the messages."""
         problems = []
         for impl in reversed(getattr(self.pm.hook, hookname).get_hookimpls()):
             try:
                 impl.function(**{k: kwargs[k] for k in impl.argnames})
-            except Exception as exc:
-                problems.append(f"plugin '{impl.plugin_name}': {hookname} raised {type(exc).__name__}: {exc}")
+            except (Exception, SystemExit) as exc:  # an observer that exits ends nothing either
+                problems.append(f"plugin '{impl.plugin_name}': {hookname} {plugin_failure(exc)}")
         return problems
+
+
+_REPORTED: set[str] = set()  # observer problems already printed by this process
 
 
 def unnamed_plugins(stored, named=()) -> list[str]:

@@ -11,8 +11,16 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from metanet.errors import ConfigError, PluginError
+from metanet.errors import ConfigError, MetanetError, PluginError
 from metanet.plugin.settings import Setting, check_settings, schema
+
+
+def plugin_failure(exc: BaseException) -> str:
+    """What plugin code did, in a line: ``called sys.exit(3)``, ``raised KeyError: 'x'``."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    text = " ".join(str(exc).split())
+    return f"raised {type(exc).__name__}" + (f": {text}" if text else "")
 
 
 def resolve(ref: Any) -> Any:
@@ -61,6 +69,21 @@ class Registered:
     def summary(self) -> dict[str, Any]:
         return {"plugin": self.plugin, "description": self.description}
 
+    def call(self, what: str, fn, *args, **kwargs) -> Any:
+        """``fn(*args, **kwargs)``, plugin code: whatever it raises, and a ``sys.exit`` in it, becomes one
+        :class:`PluginError` naming the plugin, this entry and ``what`` was called (a :class:`MetanetError`
+        the plugin raised on purpose keeps its own message)."""
+        try:
+            return fn(*args, **kwargs)
+        except MetanetError:
+            raise
+        except (Exception, SystemExit) as exc:
+            raise self.error(f"{what} {plugin_failure(exc)}") from None
+
+    def error(self, message: str) -> PluginError:
+        """A :class:`PluginError` about this entry: ``plugin 'P': kind 'name': message``."""
+        return PluginError(f"plugin '{self.plugin}': {self.kind} {self.name!r}: {message}", self.plugin)
+
 
 @dataclass
 class Operator(Registered):
@@ -79,7 +102,13 @@ class Operator(Registered):
 
     def build(self, cin: int, cout: int, stride: int, expand: float, head_dim: int, drop_path: float,
               grid: tuple[int, int]):
-        return self.obj(cin, cout, stride, expand, head_dim, drop_path, grid)
+        """One block; the factory's failure, or anything but an ``nn.Module``, is a :class:`PluginError`."""
+        import torch.nn as nn
+        block = self.call(f"factory{(cin, cout, stride, expand)}", self.obj, cin, cout, stride, expand, head_dim,
+                          drop_path, grid)
+        if not isinstance(block, nn.Module):
+            raise self.error(f"factory returned {type(block).__name__}, not a torch.nn.Module")
+        return block
 
     @property
     def cost_formula(self):
@@ -89,6 +118,28 @@ class Operator(Registered):
         if isinstance(formula, str):  # resolved once: this runs in the FLOP DPs
             formula = self.options["cost"] = resolve(formula)
         return formula
+
+    def cost(self, cin, cout, stride, expand, head_dim, hw_in, hw_out, grid) -> tuple[int, int]:
+        """``(flops, params)`` of one block from the ``cost`` formula: two whole numbers, neither negative (the
+        formula's failure, or anything else it returns, is a :class:`PluginError`)."""
+        try:  # inline, not self.call: the FLOP DPs call this thousands of times
+            result = self.cost_formula(cin, cout, stride, expand, head_dim, hw_in=hw_in, hw_out=hw_out, grid=grid)
+        except MetanetError:
+            raise
+        except (Exception, SystemExit) as exc:
+            raise self.error(f"cost formula {plugin_failure(exc)}") from None
+        try:
+            flops, params = (result.flops, result.params) if hasattr(result, "params") else result
+        except (TypeError, ValueError):
+            flops = params = None
+        if type(flops) is int and type(params) is int and flops >= 0 and params >= 0:
+            return flops, params
+        import math
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                   for v in (flops, params)):
+            raise self.error(f"cost formula returned {result!r} for {(cin, cout, stride, expand)}; expected "
+                             "(flops, params), two numbers >= 0")
+        return int(flops), int(params)
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "attention": self.attention, "cost_formula": "cost" in self.options}
@@ -184,7 +235,16 @@ class Strategy(Registered):
         return bool(self.options.get("constraints", True))
 
     def create(self, seed: int, **options):
-        return self.obj(seed=seed, **options)
+        """The NNI strategy; the factory's failure, or anything but an NNI 3.0 strategy, is a
+        :class:`PluginError` naming the plugin."""
+        from metanet.quiet import quiet
+        with quiet():
+            from nni.nas.strategy.base import Strategy as NNIStrategy
+        strategy = self.call("factory", self.obj, seed=seed, **options)
+        if not isinstance(strategy, NNIStrategy):
+            raise self.error(f"factory returned {type(strategy).__name__}, not an NNI strategy "
+                             "(nni.nas.strategy.base.Strategy)")
+        return strategy
 
     def check_options(self, options: dict) -> None:
         """Refuse, in one line naming the key, an option the factory does not take (a factory with
@@ -215,9 +275,11 @@ class Dataset(Registered):
         return bool(self.options.get("path", False))
 
     def load(self, resolution: int, seed: int, path: str | None = None):
+        """What the loader returns (:func:`metanet.data.load.load_data` checks it is a ``DataBundle``); its
+        failure is a :class:`PluginError` naming the plugin."""
         if self.takes_path:
-            return self.obj(path, resolution=resolution, seed=seed)
-        return self.obj(resolution=resolution, seed=seed)
+            return self.call("loader", self.obj, path, resolution=resolution, seed=seed)
+        return self.call("loader", self.obj, resolution=resolution, seed=seed)
 
 
 @dataclass
@@ -225,6 +287,20 @@ class Exporter(Registered):
     """``export(model, spec, out_dir, **options)`` writes one format into ``out_dir``; returns the path."""
 
     kind: str = "exporter"
+
+    def export(self, model, spec, out_dir: str, **options):
+        """Write the format into ``out_dir``; returns the path it wrote, which must be a file or folder in
+        ``out_dir`` (the export is moved into place as a whole). Anything else is a :class:`PluginError`."""
+        import os
+        from pathlib import Path
+        path = self.call("export", self.obj, model, spec, out_dir, **options)
+        if not isinstance(path, (str, os.PathLike)):
+            raise self.error(f"returned {type(path).__name__}, not the path it wrote")
+        path = Path(path)
+        folder = Path(out_dir).resolve()
+        if not path.exists() or folder not in path.resolve().parents:
+            raise self.error(f"returned {str(path)!r}, which is not a file it wrote in the export folder")
+        return path
 
 
 KINDS: dict[str, tuple[str, type[Registered]]] = {

@@ -127,6 +127,36 @@ class RunDir:
             if not _blank_database(path):
                 raise
 
+    # What a new search writes before its first trial: a search that fails (or is stopped) before it stored
+    # one leaves nothing of itself behind (see :meth:`discard_unstarted`).
+    BEFORE_TRIALS = (CONFIG, STORE, f"{STORE}-wal", f"{STORE}-shm", f"{STORE}-journal", "data-cache",
+                     "nni-experiments.jsonl", "summary.txt", "pareto.png", WEIGHTS)
+
+    def discard_unstarted(self, made_folder: bool) -> bool:
+        """Remove a new run that stored no trial (its strategy failed to start, NNI did not come up, it was
+        stopped at once): the same command can then run again as it was, with no ``--resume`` of a run that
+        holds nothing. Only the files a search makes are removed, and the folder only if this search made it
+        and nothing else is in it. Call it while holding the lock; returns whether the run is gone."""
+        try:
+            if self.store.trials() or any(self.path.glob(f"{self.WEIGHTS}/*")):
+                return False
+        except RunError:
+            return False
+        import shutil
+        for name in self.BEFORE_TRIALS:
+            target = self.path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+        (self.path / self.LOCK).unlink(missing_ok=True)  # the flock stays on the open descriptor until release
+        if made_folder:
+            try:
+                self.path.rmdir()  # only when empty: anything the user put there stays
+            except OSError:
+                pass
+        return True
+
     # -- the writer's lock --------------------------------------------------------------------------
     def acquire(self) -> None:
         """Become the one writer of this run, or fail at once naming the process that is.

@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS trials (
     data TEXT,                         -- how the trial got its data (images, decoded here, cache, seconds), JSON
     repro TEXT,                        -- what re-runs it exactly (metanet.reproduce.record), JSON
     rungs TEXT,                        -- multi-fidelity: every rung it finished (steps, score ...), JSON list
-    bracket INTEGER                    -- multi-fidelity (sh, hyperband): the bracket it belongs to
+    bracket INTEGER,                   -- multi-fidelity (sh, hyperband): the bracket it belongs to
+    stage TEXT                         -- while running: the stage it is in and its plugin, JSON
 );
 CREATE INDEX IF NOT EXISTS trials_budget ON trials (budget, status);
 CREATE TABLE IF NOT EXISTS counters (budget INTEGER, name TEXT, value INTEGER, PRIMARY KEY (budget, name));
@@ -76,7 +77,7 @@ class TrialStore:
                 have = {row["name"] for row in db.execute("PRAGMA table_info(trials)")}
                 for column, kind in (("proposal", "TEXT"), ("rewritten", "INTEGER"), ("reward", "REAL"),
                                      ("test_score", "REAL"), ("data", "TEXT"), ("repro", "TEXT"), ("rungs", "TEXT"),
-                                     ("bracket", "INTEGER")):
+                                     ("bracket", "INTEGER"), ("stage", "TEXT")):
                     if column not in have:  # a run written before these columns existed
                         db.execute(f"ALTER TABLE trials ADD COLUMN {column} {kind}")
 
@@ -131,6 +132,30 @@ class TrialStore:
                        "test_score=?, data=?, repro=?, rungs=?, bracket=COALESCE(?, bracket) WHERE id=?",
                        (status, json.dumps(metrics), score, error, seconds, time.time(), reward, test_score,
                         _json_or_null(data), _json_or_null(repro), _json_or_null(rungs), bracket, trial_id))
+
+    def set_stage(self, trial_id: int, stage: str, plugin: str | None) -> None:
+        """The stage a running trial has entered: what a trial process that dies leaves behind to be named by."""
+        with self._connect() as db:
+            db.execute("UPDATE trials SET stage=? WHERE id=? AND status='running'",
+                       (json.dumps({"stage": stage, "plugin": plugin}), trial_id))
+
+    def fail_orphans(self, budget: int, since: float, why: str) -> list[int]:
+        """Rows of ``budget`` started at or after ``since`` and still running once every trial process that could
+        finish them has ended (a process that exited, crashed or was killed mid-trial): failed, with ``why``
+        and the stage they were in. Returns their ids."""
+        failed = []
+        with self._connect() as db:
+            rows = db.execute("SELECT id, stage, started FROM trials WHERE budget=? AND status='running' AND "
+                              "started >= ?", (budget, since)).fetchall()
+            for row in rows:
+                where = json.loads(row["stage"]) if row["stage"] else None
+                at = (f" in stage {where['stage']} (plugin {where['plugin'] or 'unknown'})" if where
+                      else " before its first stage")
+                db.execute("UPDATE trials SET status='failed', error=?, ended=?, seconds=? WHERE id=?",
+                           (f"the trial process ended without a result{at}: {why}", time.time(),
+                            time.time() - row["started"], row["id"]))
+                failed.append(int(row["id"]))
+        return failed
 
     def set_rungs(self, trial_id: int, rungs: list) -> None:
         """A trial's rungs alone (a failed continuation, or asha's decision), its result unchanged."""

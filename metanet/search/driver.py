@@ -30,7 +30,9 @@ def check_config(cfg: SearchConfig):
     from metanet.evaluate.candidate import check_stages
 
     pm = registry(cfg.plugins)
-    _lookup("strategy", pm.strategy, cfg.strategy).check_options(cfg.strategy_options)
+    strategy = _lookup("strategy", pm.strategy, cfg.strategy)
+    strategy.check_options(cfg.strategy_options)
+    check_strategy_starts(strategy, cfg)
     space = _lookup("space", get_space, cfg.space)
     for stage in (cfg.stages or []) + cfg.final_stages:
         _lookup("stages", pm.stage, stage)
@@ -80,6 +82,23 @@ def check_config(cfg: SearchConfig):
     from metanet.evaluate.candidate import preflight_stages
     preflight_stages(pm, both, configs, cfg.stage_setup())
     return space, data
+
+
+def check_strategy_starts(strategy, cfg: SearchConfig) -> None:
+    """One strategy made now, and dropped: a factory that fails (or returns something else than an NNI
+    strategy) is one line naming its plugin before the run directory exists, not a half-made run."""
+    import logging
+
+    from metanet.quiet import quiet
+    with quiet():
+        import nni.nas.strategy  # noqa: F401 - NNI sets its loggers up as it is imported
+    nni_logger = logging.getLogger("nni")
+    level = nni_logger.level
+    nni_logger.setLevel(logging.ERROR)  # NNI's strategies log their seeds as they are made
+    try:
+        strategy.create(seed=cfg.seed, **cfg.strategy_options)
+    finally:
+        nni_logger.setLevel(level)
 
 
 def validation_note(data) -> str | None:
@@ -272,6 +291,7 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool | None = 
             RunDir.refuse_existing(cfg.out)  # at once, not after the checks
         check_creatable(cfg.out or RunDir.DEFAULT_PARENT, "out", RunError)
         space, data = check_config(cfg)
+        made_folder = not (cfg.out and os.path.isdir(cfg.out))
         run = RunDir.create(cfg)  # locked: a second writer fails at once, naming this process
     try:
         for note in dict.fromkeys(data.notes):
@@ -281,6 +301,11 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool | None = 
             from metanet.search.trial import data_cache_dir
             write_cache(data, data_cache_dir(run.path))  # the trial processes map these instead of decoding
         return _run_locked(cfg, run, space, progress, echo)
+    except BaseException:
+        if not resume and run.discard_unstarted(made_folder):
+            what = f"the run's files were removed from {run.path}" if run.path.exists() else f"{run.path} was removed"
+            echo(f"no trial had run: {what} (the same command starts the search afresh)")
+        raise
     finally:
         run.release()
 

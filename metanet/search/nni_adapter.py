@@ -20,6 +20,7 @@ import re
 import signal
 import socket
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -98,9 +99,10 @@ def budget_screen(space, budget: int, cfg, store: TrialStore):
     return BudgetScreen()
 
 
-def trial_keeper(store: TrialStore, on_record=None):
+def trial_keeper(store: TrialStore, on_record=None, lost_row=None):
     """The middleware next to NNI's training-service engine: it holds the models in flight, and writes
-    the rows that trials on remote machines send back with their final metric.
+    the rows that trials on remote machines send back with their final metric; ``lost_row(model)`` gives the
+    failed row of a remote trial whose process ended without sending one (it exited or was killed).
 
     NNI's engine keeps only weak references to submitted models and drops a metric whose model is gone:
     without a strong reference (random search and the budget screen keep none) no strategy ever saw a
@@ -109,12 +111,14 @@ def trial_keeper(store: TrialStore, on_record=None):
     """
     with quiet():
         from nni.nas.execution.event import ModelEventType
+        from nni.nas.space import ModelStatus
         from nni.nas.strategy.middleware import StrategyMiddleware
 
     class TrialKeeper(StrategyMiddleware):
         def __init__(self):
             super().__init__()
             self._inflight: dict[int, object] = {}
+            self._recorded: set[int] = set()
 
         def _initialize_engine(self, engine) -> None:
             engine.register_model_event_callback(ModelEventType.FinalMetric, self._on_final)
@@ -123,12 +127,21 @@ def trial_keeper(store: TrialStore, on_record=None):
         def _on_final(self, event) -> None:
             metric = event.metric
             if isinstance(metric, dict) and isinstance(metric.get("metanet_row"), dict):
+                self._recorded.add(id(event.model))
                 trial_id = store.record(metric["metanet_row"])
                 if on_record is not None:
                     on_record(trial_id, metric["metanet_row"])
 
         def _on_end(self, event) -> None:
             self._inflight.pop(id(event.model), None)
+            if lost_row is not None and event.status == ModelStatus.Failed and id(event.model) not in self._recorded:
+                try:
+                    row = lost_row(event.model)
+                except Exception:  # the model's sample could not be read back: NNI's own record keeps the trial
+                    row = None
+                if row is not None:
+                    store.record(row)
+            self._recorded.discard(id(event.model))
 
         def _cleanup(self) -> None:
             # kept registered: a strategy that needs no rewards (random) is cleaned up when it has submitted its
@@ -434,12 +447,13 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
         from metanet.runs.directory import RunDir
         middlewares.append(scheduler_middleware(RunDir(settings["run_dir"]), budget, settings, echo))
     if cfg.engine != "sequential":
-        on_record = None
+        on_record = lost_row = None
         if cfg.training_service != "local":
             from metanet.runs.directory import RunDir
             from metanet.search.remote import weights_fetcher
             on_record = weights_fetcher(cfg.training_service, RunDir(Path(store.path).parent), echo)
-        middlewares.append(trial_keeper(store, on_record))
+            lost_row = lost_trial_row(cfg, space, budget, bspace if cfg.budget_mode != "project" else None)
+        middlewares.append(trial_keeper(store, on_record, lost_row))
     chain = Chain(strategy, *middlewares)
     evaluator = FunctionalEvaluator(nni_trial, settings=settings)
     config = experiment_config(cfg, trials)
@@ -469,8 +483,14 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
                 exp.run()
             else:
                 _wait_for_port(cfg.port)  # the manager of a previous experiment may still be letting go of it
+                started = time.time()
                 with workdir:
                     _run_watched(exp, cfg.port, budget, store)
+                # every trial process has ended: a row still running belongs to one that died before finishing it
+                for trial_id in store.fail_orphans(budget, started, "it exited, crashed or was killed (os._exit, a "
+                                                   "signal, the out-of-memory killer); its output is in NNI's trial "
+                                                   f"logs, ~/nni-experiments/{exp.id}/environments/"):
+                    echo(f"trial {trial_id}: its process ended without a result; failed")
                 echo(f"NNI experiment {exp.id} (budget {format_flops(budget)}) ended with its web UI; to see it "
                      f"again: metanet ui {Path(store.path).parent} --port {cfg.port}")
     except (KeyboardInterrupt, MetanetError):
@@ -486,6 +506,24 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
     finally:
         if hasattr(screen, "flush"):
             screen.flush()
+
+
+def lost_trial_row(cfg, space, budget: int, bspace=None):
+    """``model -> row``: the failed row of a remote trial whose process ended without reporting (the machine ran
+    it, so only its architecture is known here)."""
+    from metanet.search_spaces.estimate import estimate
+    from metanet.search_spaces.nni_space import resolve_spec
+
+    def row(model) -> dict:
+        sample = dict(model.sample)
+        spec = bspace.decode(sample) if bspace is not None else \
+            resolve_spec(sample, space, budget, cfg.band, cfg.resolution, cfg.budget_mode, cfg.seed)
+        est = estimate(spec, cfg.resolution)
+        return {"budget": budget, "status": "failed", "spec": spec.to_dict(), "flops": est.flops,
+                "params": est.params, "metrics": {}, "score": None, "seconds": 0.0, "seed": cfg.seed, "reward": None,
+                "error": "the trial process on a remote machine ended without a result: it exited, crashed or was "
+                         "killed (os._exit, a signal, the out-of-memory killer); its output is in NNI's trial logs"}
+    return row
 
 
 def _run_watched(exp, port: int, budget: int, store: TrialStore) -> None:
@@ -520,7 +558,6 @@ def _run_watched(exp, port: int, budget: int, store: TrialStore) -> None:
 
 def _wait_for_port(port: int, seconds: float = 20.0) -> None:
     import socket
-    import time
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         with socket.socket() as sock:

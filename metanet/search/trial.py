@@ -75,8 +75,13 @@ def _evaluate(spec, s: dict[str, Any], model=None, trial_id: int | None = None,
     from metanet.evaluate.candidate import evaluate_repeated
 
     from metanet.data import decoded
+    from metanet.evaluate import candidate
     start = time.perf_counter()
     result, data_info, repro = None, None, None
+    if trial_id is not None and s.get("run_dir"):  # the row says which stage it is in, should the process die there
+        from metanet.runs.store import TrialStore
+        progress = TrialStore(os.path.join(s["run_dir"], "trials.sqlite"))
+        candidate.STAGE_PROGRESS = lambda stage, plugin: progress.set_stage(trial_id, stage, plugin)
     try:
         pm = registry(s["plugins"])
         before = decoded.decoded_images
@@ -99,6 +104,8 @@ def _evaluate(spec, s: dict[str, Any], model=None, trial_id: int | None = None,
             status, error = FAILED, f"score is {score}"
     except Exception as exc:  # data or plugin trouble outside the stages: this trial fails, the search goes on
         status, metrics, score, error = FAILED, {}, None, f"{type(exc).__name__}: {exc}"
+    finally:
+        candidate.STAGE_PROGRESS = None
     return {"status": status, "metrics": metrics, "score": score if status == OK else None,
             "test_score": result.test_score if status == OK else None, "error": error,
             "seconds": time.perf_counter() - start, "result": result, "data": data_info, "repro": repro}
