@@ -56,6 +56,13 @@ def _json_or_null(value: Any) -> str | None:
     return json.dumps(value) if value is not None else None
 
 
+def where_it_was(stage: dict | None) -> str:
+    """`` in stage S (plugin P)``, from a running row's ``stage``; `` before its first stage`` without one."""
+    if not isinstance(stage, dict):
+        return " before its first stage"
+    return f" in stage {stage.get('stage')} (plugin {stage.get('plugin') or 'unknown'})"
+
+
 def spec_key(spec: dict[str, Any]) -> str:
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
@@ -139,6 +146,15 @@ class TrialStore:
             db.execute("UPDATE trials SET stage=? WHERE id=? AND status='running'",
                        (json.dumps({"stage": stage, "plugin": plugin}), trial_id))
 
+    def mark_interrupted(self) -> None:
+        """The running rows of a search stopped by Ctrl-C or SIGTERM: their trials did not end the process (a
+        resume runs them again without counting it against them)."""
+        with self._connect() as db:
+            for row in db.execute("SELECT id, stage FROM trials WHERE status='running'").fetchall():
+                stage = json.loads(row["stage"]) if row["stage"] else {}
+                db.execute("UPDATE trials SET stage=? WHERE id=?", (json.dumps({**stage, "interrupted": True}),
+                                                                    row["id"]))
+
     def fail_orphans(self, budget: int, since: float, why: str) -> list[int]:
         """Rows of ``budget`` started at or after ``since`` and still running once every trial process that could
         finish them has ended (a process that exited, crashed or was killed mid-trial): failed, with ``why``
@@ -148,9 +164,7 @@ class TrialStore:
             rows = db.execute("SELECT id, stage, started FROM trials WHERE budget=? AND status='running' AND "
                               "started >= ?", (budget, since)).fetchall()
             for row in rows:
-                where = json.loads(row["stage"]) if row["stage"] else None
-                at = (f" in stage {where['stage']} (plugin {where['plugin'] or 'unknown'})" if where
-                      else " before its first stage")
+                at = where_it_was(json.loads(row["stage"]) if row["stage"] else None)
                 db.execute("UPDATE trials SET status='failed', error=?, ended=?, seconds=? WHERE id=?",
                            (f"the trial process ended without a result{at}: {why}", time.time(),
                             time.time() - row["started"], row["id"]))
@@ -210,6 +224,7 @@ class TrialStore:
                 d["data"] = json.loads(d["data"]) if d.get("data") else None
                 d["repro"] = json.loads(d["repro"]) if d.get("repro") else None
                 d["rungs"] = json.loads(d["rungs"]) if d.get("rungs") else None
+                d["stage"] = json.loads(d["stage"]) if d.get("stage") else None
             except (TypeError, ValueError) as exc:
                 raise self._damaged(ValueError(f"trial {d.get('id')}: {exc}")) from None
             if not isinstance(d["spec"], dict) or not isinstance(d["metrics"], dict):

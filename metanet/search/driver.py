@@ -261,6 +261,28 @@ def repair_missing_weights(cfg: SearchConfig, run: RunDir, budget: int, settings
     run.drop_weights(budget)
 
 
+RESTARTS = 3  # times a trial in flight when the search process died is run again before it is failed
+
+
+def gave_up_on(store, row: dict, echo) -> bool:
+    """Whether the in-flight ``row`` is failed instead of run again: the search process died while it ran
+    more than :data:`RESTARTS` times (counted per architecture and budget; a search stopped by Ctrl-C or SIGTERM
+    marks its rows interrupted, which does not count, so only kills and crashes do)."""
+    from metanet.runs.store import FAILED, spec_key, where_it_was
+    key = f"restarts:{spec_key(row['spec'])}"
+    restarts = store.counter(row["budget"], key)
+    if (row.get("stage") or {}).get("interrupted"):
+        return False
+    if restarts < RESTARTS:
+        store.bump(row["budget"], key)
+        return False
+    error = (f"the search process died {restarts + 1} times while this trial ran{where_it_was(row.get('stage'))} "
+             "(a crash, os._exit or the out-of-memory killer in it?); not run again")
+    store.finish(row["id"], FAILED, {}, None, error, 0.0)
+    echo(f"resume: trial {row['id']}: {error}")
+    return True
+
+
 def _lookup(option: str, find, name: str):
     try:
         return find(name)
@@ -300,8 +322,15 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool | None = 
             from metanet.data.decoded import write_cache
             from metanet.search.trial import data_cache_dir
             write_cache(data, data_cache_dir(run.path))  # the trial processes map these instead of decoding
-        return _run_locked(cfg, run, space, progress, echo)
-    except BaseException:
+        from metanet.search.nni_lifecycle import stop_on_signals
+        with stop_on_signals():  # SIGTERM (a scheduler's preemption) stops it as Ctrl-C does: exit 143, rows marked
+            return _run_locked(cfg, run, space, progress, echo)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            try:
+                run.store.mark_interrupted()
+            except RunError:  # a store that cannot be written: its rows are counted as a kill would be
+                pass
         if not resume and run.discard_unstarted(made_folder):
             what = f"the run's files were removed from {run.path}" if run.path.exists() else f"{run.path} was removed"
             echo(f"no trial had run: {what} (the same command starts the search afresh)")
@@ -336,8 +365,11 @@ def _run_locked(cfg: SearchConfig, run: RunDir, space, progress, echo) -> Search
             settings = trial_settings(cfg, run.path, budget)
             remote_settings = dict(settings, run_dir=None) if cfg.engine == "ts" and cfg.training_service != "local" \
                 else settings
-            # Trials that were in flight when a previous process died run again, first.
+            # Trials that were in flight when a previous process died run again, first (up to RESTARTS times:
+            # a trial that ends the process itself, a crash in its stage, would otherwise end every resume).
             for row in store.trials(budget, status=RUNNING):
+                if gave_up_on(store, row, echo):
+                    continue
                 store.delete(row["id"])
                 run.weights_path(row["id"]).unlink(missing_ok=True)  # written before a row that never came
                 evaluate_spec(ArchSpec.from_dict(row["spec"]), settings)

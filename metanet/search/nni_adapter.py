@@ -480,7 +480,13 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
             # screened proposals are counted in the store, not kept in NNI's history
             warnings.filterwarnings("ignore", message="Filter middleware currently does not list models")
             if cfg.engine == "sequential":
-                exp.run()
+                # NNI's run takes Ctrl-C as the end of this experiment and returns: the search would go on with
+                # the next; the signal is kept and raised again once NNI has stopped the experiment
+                from metanet.search.nni_lifecycle import Interrupted, stop_on_signals
+                with stop_on_signals() as received:
+                    exp.run()
+                if received:
+                    raise Interrupted(received[0])
             else:
                 _wait_for_port(cfg.port)  # the manager of a previous experiment may still be letting go of it
                 started = time.time()
