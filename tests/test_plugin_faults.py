@@ -177,9 +177,9 @@ def test_an_observer_that_exits_ends_nothing(faulty, tmp_path):
 
 # -- a search that finished with some trials failed says so in its exit status ---------------------------
 
-SOMETIMES = textwrap.dedent('''
+FLAKY = textwrap.dedent('''
     import os
-    import sys
+    import time
 
     from metanet import hookimpl
 
@@ -191,21 +191,26 @@ SOMETIMES = textwrap.dedent('''
 
     @hookimpl
     def metanet_run_stage(stage, context):
+        """The first architecture it sees fails, every time (METANET_FLAKY says how); the others score."""
         if stage != "flaky":
             return None
-        marker = os.environ["METANET_FLAKY_MARKER"]
-        if not os.path.exists(marker):  # the first trial fails, the others run
-            open(marker, "w").close()
-            how = os.environ.get("METANET_FLAKY", "raise")
-            if how == "os._exit":
-                os._exit(7)
-            raise RuntimeError("the first trial is unlucky")
-        return {"seen": float(sum(p.numel() for p in context.model.parameters()))}
+        marker, spec = os.environ["METANET_FLAKY_MARKER"], context.spec.to_json()
+        if not os.path.exists(marker):
+            with open(marker, "w") as fh:
+                fh.write(spec)
+        if open(marker).read() != spec:
+            return {"seen": float(sum(p.numel() for p in context.model.parameters()))}
+        how = os.environ.get("METANET_FLAKY", "raise")
+        if how == "sleep":
+            time.sleep(600)
+        if how in ("os._exit", "sleep"):
+            os._exit(7)
+        raise RuntimeError("the first trial is unlucky")
 ''')
 
 
 def test_a_search_with_some_failed_trials_exits_3_with_a_warning(tmp_path, monkeypatch):
-    (tmp_path / "flaky_stage.py").write_text(SOMETIMES)
+    (tmp_path / "flaky_stage.py").write_text(FLAKY)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("METANET_FLAKY_MARKER", str(tmp_path / "marker"))
     result = CliRunner().invoke(cli, ["-p", "flaky_stage", "search", "--stages", "zero-cost,flaky",
@@ -226,7 +231,7 @@ def test_a_trial_process_that_dies_in_a_stage_fails_that_trial_naming_the_stage(
     experiment for trials that never finished), and goes on."""
     import subprocess
     import sys
-    (tmp_path / "flaky_stage.py").write_text(SOMETIMES)
+    (tmp_path / "flaky_stage.py").write_text(FLAKY)
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "METANET_FLAKY_MARKER": str(tmp_path / "marker"), "METANET_FLAKY": "os._exit"}
     proc = subprocess.run([sys.executable, "-m", "metanet", "-p", "flaky_stage", "search", "--engine", "ts",
@@ -243,49 +248,20 @@ def test_a_trial_process_that_dies_in_a_stage_fails_that_trial_naming_the_stage(
 
 # -- the sequential engine: a trial that ends the search process every time is failed after three resumes ------
 
-CRASHER = textwrap.dedent('''
-    import json
-    import os
-    import time
-
-    from metanet import hookimpl
-
-
-    @hookimpl
-    def metanet_register_stages(register):
-        register("crashy", defaults={}, score_metric="seen")
-
-
-    @hookimpl
-    def metanet_run_stage(stage, context):
-        if stage != "crashy":
-            return None
-        marker, spec = os.environ["METANET_CRASHY_MARKER"], context.spec.to_json()
-        if not os.path.exists(marker):
-            with open(marker, "w") as fh:
-                fh.write(spec)
-        if open(marker).read() == spec:  # the first architecture: always
-            if os.environ.get("METANET_CRASHY") == "sleep":
-                time.sleep(600)
-            os._exit(7)
-        return {"seen": 1.0}
-''')
-
-
-def _search_process(tmp_path, *args, how="exit"):
+def _search_process(tmp_path, *args, how="os._exit"):
     import subprocess
     import sys
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "METANET_CRASHY_MARKER": str(tmp_path / "marker"), "METANET_CRASHY": how}
-    return subprocess.Popen([sys.executable, "-m", "metanet", "-p", "crashy_stage", "search", *args],
+           "METANET_FLAKY_MARKER": str(tmp_path / "marker"), "METANET_FLAKY": how}
+    return subprocess.Popen([sys.executable, "-m", "metanet", "-p", "flaky_stage", "search", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
 
 
 @pytest.mark.slow
 def test_a_trial_that_kills_the_search_every_time_is_failed_after_three_resumes(tmp_path):
-    (tmp_path / "crashy_stage.py").write_text(CRASHER)
+    (tmp_path / "flaky_stage.py").write_text(FLAKY)
     run = tmp_path / "run"
-    first = _search_process(tmp_path, "--stages", "zero-cost,crashy", "--proxy-resolution", "16", "--trials", "2",
+    first = _search_process(tmp_path, "--stages", "zero-cost,flaky", "--proxy-resolution", "16", "--trials", "2",
                             "--flops", "400M", "--out", str(run))
     assert first.wait(300) == 7
     for _ in range(3):  # each resume runs the in-flight trial again first, and dies in it again
@@ -293,20 +269,20 @@ def test_a_trial_that_kills_the_search_every_time_is_failed_after_three_resumes(
     last = _search_process(tmp_path, "--resume", str(run))
     out, err = last.communicate(timeout=300)
     assert last.returncode == 3, out + err
-    assert "resume: trial 4: the search process died 4 times while this trial ran in stage crashy (plugin " \
-           "crashy_stage)" in err
+    assert "resume: trial 4: the search process died 4 times while this trial ran in stage flaky (plugin " \
+           "flaky_stage)" in err
     rows = TrialStore(run / "trials.sqlite").trials()
     assert [r["status"] for r in rows] == ["failed", "ok"]  # the search went on to its second trial
-    assert rows[0]["error"].startswith("the search process died 4 times while this trial ran in stage crashy")
+    assert rows[0]["error"].startswith("the search process died 4 times while this trial ran in stage flaky")
 
 
 @pytest.mark.slow
 def test_sigterm_stops_a_sequential_search_and_its_trial_runs_again_uncounted(tmp_path):
     import signal
     import time
-    (tmp_path / "crashy_stage.py").write_text(CRASHER)
+    (tmp_path / "flaky_stage.py").write_text(FLAKY)
     run = tmp_path / "run"
-    proc = _search_process(tmp_path, "--stages", "zero-cost,crashy", "--proxy-resolution", "16", "--trials", "2",
+    proc = _search_process(tmp_path, "--stages", "zero-cost,flaky", "--proxy-resolution", "16", "--trials", "2",
                            "--flops", "400M", "--out", str(run), how="sleep")
     deadline = time.monotonic() + 120
     while not (tmp_path / "marker").exists() and time.monotonic() < deadline:
@@ -317,7 +293,7 @@ def test_sigterm_stops_a_sequential_search_and_its_trial_runs_again_uncounted(tm
     assert proc.returncode == 143 and "interrupted (SIGTERM)" in err and "Traceback" not in err, err
     rows = TrialStore(run / "trials.sqlite").trials()
     assert [r["status"] for r in rows] == ["running"] and rows[0]["stage"] == {
-        "stage": "crashy", "plugin": "crashy_stage", "interrupted": True}
+        "stage": "flaky", "plugin": "flaky_stage", "interrupted": True}
     store = TrialStore(run / "trials.sqlite")
     from metanet.runs.store import spec_key
     assert store.counter(rows[0]["budget"], f"restarts:{spec_key(rows[0]['spec'])}") == 0
