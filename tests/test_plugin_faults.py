@@ -117,23 +117,20 @@ def _spec_file(path, op="conv3"):
     return str(path)
 
 
-@pytest.mark.parametrize("how, words", [("raise", "raised RuntimeError: strategy is broken"),
-                                        ("exit", "called sys.exit(3)"),
-                                        ("wrong", "returned tuple, not an NNI strategy")])
-def test_a_strategy_that_cannot_start_is_one_line_before_the_run_exists(faulty, tmp_path, how, words):
-    result = faulty(f"strategy-{how}", *SEARCH, "--strategy", "faulty", "--out", "run")
+@pytest.mark.parametrize("fault, option, words", [
+    ("strategy-raise", ["--strategy", "faulty"], "strategy 'faulty': factory raised RuntimeError: strategy is broken"),
+    ("strategy-exit", ["--strategy", "faulty"], "strategy 'faulty': factory called sys.exit(3)"),
+    ("strategy-wrong", ["--strategy", "faulty"], "strategy 'faulty': factory returned tuple, not an NNI strategy"),
+    ("data-raise", ["--data", "faulty-digits"], "dataset 'faulty-digits': loader raised RuntimeError: data is broken"),
+    ("data-exit", ["--data", "faulty-digits"], "dataset 'faulty-digits': loader called sys.exit(3)"),
+    ("data-wrong", ["--data", "faulty-digits"], "dataset 'faulty-digits': loader returned tuple, not a "
+                                                "metanet.data.DataBundle"),
+])
+def test_a_strategy_or_data_loader_that_fails_is_one_line_before_the_run_exists(faulty, tmp_path, fault, option,
+                                                                                 words):
+    result = faulty(fault, *SEARCH, *option, "--out", "run")
     assert result.exit_code == 1
-    assert f"plugin '{faulty.module}': strategy 'faulty': factory {words}" in _one_error(result)
-    assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.parametrize("how, words", [("raise", "loader raised RuntimeError: data is broken"),
-                                        ("exit", "loader called sys.exit(3)"),
-                                        ("wrong", "loader returned tuple, not a metanet.data.DataBundle")])
-def test_a_data_loader_that_fails_is_one_line_naming_it(faulty, tmp_path, how, words):
-    result = faulty(f"data-{how}", *SEARCH, "--data", "faulty-digits", "--out", "run")
-    assert result.exit_code == 1
-    assert f"plugin '{faulty.module}': dataset 'faulty-digits': {words}" in _one_error(result)
+    assert f"plugin '{faulty.module}': {words}" in _one_error(result)
     assert not (tmp_path / "run").exists()
 
 
