@@ -102,3 +102,29 @@ def test_sigterm_stops_the_manager_and_the_port_is_free_for_the_next_search(tmp_
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
     assert _finished(out) >= 1
+
+
+@pytest.mark.slow
+def test_a_manager_that_stops_answering_is_named_and_killed(tmp_path):
+    """SIGSTOP: the manager keeps its sockets open and answers nothing (a hung process, a swapped-out machine);
+    the channel sees no failure, the watchdog's REST check does: exit 1 naming it, the manager killed, the
+    finished trials kept."""
+    out, port = tmp_path / "run", _port()
+    proc = _search(out, port)
+    _after_first_trial(proc, out)
+    pids = _manager_pids(port)
+    assert len(pids) == 1
+    os.kill(pids[0], signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=180)
+    finally:
+        left = _manager_pids(port)  # what the search left behind (cleaned up here whatever the outcome)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    took = time.monotonic() - stopped
+    lines = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert proc.returncode == 1 and len(lines) == 1, err
+    assert f"NNI's manager on port {port} stopped answering" in lines[0] and f"--resume {out}" in lines[0]
+    assert "Traceback" not in err and took < 90, took  # ~40 s to be sure it is silent, 5 s of grace to stop
+    assert not left and _finished(out) >= 1

@@ -532,10 +532,15 @@ def lost_trial_row(cfg, space, budget: int, bspace=None):
     return row
 
 
+DEAF_STOP_S = 5.0  # the stop a manager the watchdog gave up on gets before it is killed
+
+
 def _run_watched(exp, port: int, budget: int, store: TrialStore) -> None:
     """``exp.run(port)`` of the training-service engine, ended whatever happens: a lost channel message or a
     silent manager is a one-line error naming it, a signal an :class:`~metanet.search.nni_lifecycle.Interrupted`;
     either way the manager is stopped (killed if it does not stop) and the finished trials stay in the store."""
+    import requests
+
     from metanet.search.nni_lifecycle import (Interrupted, Watchdog, silence_broken_channel,
                                              stop_experiment, stop_on_signals, strict_json)
 
@@ -550,10 +555,16 @@ def _run_watched(exp, port: int, budget: int, store: TrialStore) -> None:
         except KeyboardInterrupt as exc:
             interrupted = exc
             silence_broken_channel()
+        except requests.exceptions.RequestException as exc:
+            # NNI's own status poll timed out (a manager that is hung, or stopped, keeps its socket open) or was
+            # refused (one that is gone): the same cause the watchdog names, whichever noticed it first
+            watch.note(f"NNI's manager on port {port} stopped answering ({type(exc).__name__})")
+            silence_broken_channel()
         finally:
             with watch:  # the channel's failures during the stop stay out of the terminal too
                 watch.stand_down()
-                stop_experiment(exp)
+                # a manager found dead or deaf will not acknowledge a stop: killed after a short grace
+                stop_experiment(exp, **({"timeout_s": DEAF_STOP_S} if watch.cause is not None else {}))
     if watch.cause is not None:
         run = Path(store.path).parent
         raise RunError(f"NNI experiment for budget {format_flops(budget)} failed: {watch.cause}; finished trials "

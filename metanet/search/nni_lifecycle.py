@@ -91,6 +91,13 @@ class Watchdog:
         import _thread
         _thread.interrupt_main()
 
+    def note(self, cause: str) -> None:
+        """A cause found by the main thread itself (NNI's own request to the manager timed out): kept, unless
+        one was found first; nothing to interrupt."""
+        with self._lock:
+            if self.cause is None:
+                self.cause = cause
+
     def stand_down(self) -> None:
         """No more interrupts (the experiment is being stopped); the channel's failures are still heard."""
         with self._lock:
