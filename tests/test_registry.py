@@ -178,3 +178,22 @@ def test_the_built_in_stages_refuse_what_no_trial_could_use():
         with pytest.raises(ConfigError, match=f"{stage}.{key}: "):
             pm.stage(stage).config({key: value})
     assert pm.stage("amateur").config({"epochs": "inf", "max_steps": 50})["epochs"] == float("inf")
+
+
+def test_settings_that_name_the_datas_sources_and_tasks_are_checked_against_it():
+    from metanet.data import load_digits_bundle
+    from metanet.plugin.settings import check_data_names
+    pm, data = registry(), load_digits_bundle(16)
+    amateur = pm.stage("amateur")
+    assert amateur.schema["sources"].describe()["names"] == "sources"
+    for value in ("digit,parity", ["magnitude"], None):
+        check_data_names("amateur", amateur.schema, amateur.config({"sources": value}), data)
+    with pytest.raises(ConfigError, match=r"amateur.sources: data 'digits' has no source 'colour' \(it has digit, "
+                                          r"parity, magnitude\)"):
+        check_data_names("amateur", amateur.schema, amateur.config({"sources": "digit,colour"}), data)
+    for bad in (5, [], ["digit", 3], ""):
+        with pytest.raises(ConfigError, match="amateur.sources: expected the name of one of the data's sources"):
+            amateur.config({"sources": bad})
+    downstream = pm.stage("downstream")
+    with pytest.raises(ConfigError, match="downstream.tasks: data 'digits' has no task 'cifar'"):
+        check_data_names("downstream", downstream.schema, downstream.config({"tasks": ["cifar"]}), data)

@@ -84,6 +84,8 @@ def evaluate_cmd(ctx, spec, rerun, stages, data, data_dir, downstream, cache, pr
         preflight_stages(pm, stage_list, configs, {"data": data, "proxy_resolution": proxy_resolution})
         batch, training = step_size(pm, stage_list, configs)
         check_fits(arch, proxy_resolution, batch=batch, training=training, **fits)
+    from metanet.evaluate.candidate import check_stage_data
+    check_stage_data(pm, stage_list, configs, bundle)  # names of sources and tasks, before any training
     for note in dict.fromkeys(bundle.notes):
         click.echo(note, err=True)
     from metanet.train.runtime import Runtime

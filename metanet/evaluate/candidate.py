@@ -197,6 +197,14 @@ def check_stages(pm: PluginManager, stages: list[str], config: dict[str, dict] |
     return {name: pm.stage(name).config(config.get(name)) for name in stages}
 
 
+def check_stage_data(pm: PluginManager, stages: list[str], configs: dict[str, dict], data: DataBundle) -> None:
+    """Settings that name the data's sources or tasks (``amateur.sources``, ``downstream.tasks``), against the
+    data the stages will read: an unknown name fails here, not in every trial."""
+    from metanet.plugin.settings import check_data_names
+    for name in stages:
+        check_data_names(name, pm.stage(name).schema, configs[name], data)
+
+
 def step_size(pm: PluginManager, stages: list[str], configs: dict[str, dict]) -> tuple[int, bool]:
     """The largest batch a step of these stages takes, and whether any trains (for the memory check)."""
     batch = max([int(c["batch_size"]) for c in configs.values() if isinstance(c.get("batch_size"), int)] or [1])

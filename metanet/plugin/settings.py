@@ -24,7 +24,9 @@ class Setting:
     ``type``: ``bool``, ``int``, ``float`` or ``str`` (read from the default; give it when the default is
     None; a list or mapping default is untyped: any value). ``gt``/``ge``/``lt``/``le``: bounds on a number, as in pydantic's ``Field``. ``choices``: the values
     it takes. ``finite``: whether infinities are refused (NaN always is). ``nullable``: whether None (JSON
-    null) is taken (always when the default is None). ``description``: shown by ``metanet plugins``.
+    null) is taken (always when the default is None). ``names``: ``"sources"`` or ``"tasks"``, the value names
+    the data's upstream sources or downstream tasks (a name, comma-separated names or a list of them; checked
+    against the data once it is read, before any trial). ``description``: shown by ``metanet plugins``.
     """
 
     default: Any
@@ -37,6 +39,7 @@ class Setting:
     choices: tuple | None = None
     finite: bool = True
     nullable: bool = False
+    names: str | None = None
 
     def __post_init__(self):
         if self.type is None and type(self.default) in _TYPES:  # a list or mapping default takes any value
@@ -45,6 +48,8 @@ class Setting:
             raise TypeError(f"Setting type must be one of bool, int, float, str, got {self.type!r}")
         if self.choices is not None:
             object.__setattr__(self, "choices", tuple(self.choices))
+        if self.names not in (None, "sources", "tasks"):
+            raise TypeError(f"Setting names must be 'sources' or 'tasks', got {self.names!r}")
 
     @classmethod
     def of(cls, value: Any) -> "Setting":
@@ -69,6 +74,12 @@ class Setting:
             if self.nullable or self.default is None:
                 return None
             raise ConfigError(f"{where}: expected {self._expected()}, got null")
+        if self.names is not None:
+            listed = value.split(",") if isinstance(value, str) else value
+            if not isinstance(listed, (list, tuple)) or not listed or \
+                    not all(isinstance(n, str) and n.strip() for n in listed):
+                raise ConfigError(f"{where}: expected the name of one of the data's {self.names} (or comma-separated "
+                                  f"names, or a list), got {value!r}")
         if self.type is bool:
             if not isinstance(value, bool):
                 raise ConfigError(f"{where}: expected true or false, got {value!r}")
@@ -105,6 +116,17 @@ class Setting:
                 raise ConfigError(f"{where}: must be {op} {bound:g}, got {value!r}")
         return value
 
+    def check_data(self, where: str, value: Any, bundle) -> None:
+        """For a setting that names the data's sources or tasks: each name must be one ``bundle`` has."""
+        if self.names is None or value is None:
+            return
+        table = bundle.sources if self.names == "sources" else bundle.tasks
+        kind = self.names[:-1]
+        for name in (value.split(",") if isinstance(value, str) else value):
+            if name.strip() not in table:
+                has = f"it has {', '.join(table)}" if table else f"it has no {self.names}"
+                raise ConfigError(f"{where}: data '{bundle.name}' has no {kind} {name.strip()!r} ({has})")
+
     def _expected(self) -> str:
         if self.choices:
             return f"one of {', '.join(map(str, self.choices))}"
@@ -118,6 +140,8 @@ class Setting:
                 out[key] = list(self.choices) if key == "choices" else getattr(self, key)
         if self.nullable or self.default is None:
             out["nullable"] = True
+        if self.names:
+            out["names"] = self.names
         if self.description:
             out["description"] = self.description
         return out
@@ -126,6 +150,8 @@ class Setting:
         """``integer >= 1``, ``one of sgd, adamw``, ``number in (0, 1]`` ...: for help tables and docs."""
         if self.choices:
             return "one of " + ", ".join(map(str, self.choices))
+        if self.names:
+            return f"names of the data's {self.names}"
         low = f"({self.gt:g}" if self.gt is not None else f"[{self.ge:g}" if self.ge is not None else None
         high = f"{self.lt:g})" if self.lt is not None else f"{self.le:g}]" if self.le is not None else None
         if low and high:
@@ -142,6 +168,12 @@ def schema(defaults: dict[str, Any] | None) -> dict[str, Setting]:
     return {key: Setting.of(value) for key, value in (defaults or {}).items()}
 
 
+def check_data_names(stage: str, settings: dict[str, Setting], config: dict[str, Any], bundle) -> None:
+    """A stage's settings that name the data's sources or tasks, against the data it will read."""
+    for key, setting in settings.items():
+        setting.check_data(f"{stage}.{key}", config.get(key), bundle)
+
+
 def check_settings(stage: str, settings: dict[str, Setting], values: dict[str, Any] | None) -> dict[str, Any]:
     """The defaults with ``values`` applied and checked; an unknown key or an unusable value is an error."""
     out = {key: s.default for key, s in settings.items()}
@@ -152,4 +184,4 @@ def check_settings(stage: str, settings: dict[str, Setting], values: dict[str, A
     return out
 
 
-__all__ = ["Setting", "schema", "check_settings"]
+__all__ = ["Setting", "schema", "check_settings", "check_data_names"]

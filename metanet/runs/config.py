@@ -66,6 +66,15 @@ def _number(value, name):
     return out
 
 
+def _soft_weight(value, name):
+    """MnasNet's exponent (-0.07, -0.15): beyond +-10 the reward of a proposal off its budget over- or underflows
+    (2**1e3 is inf), and the strategy would learn from infinities and zeros."""
+    out = _number(value, name)
+    if not -10 <= out <= 10:
+        raise ConfigError(f"{name}: expected a number in [-10, 10] (MnasNet: -0.07), got {value!r}", param=name)
+    return out
+
+
 def _fraction(value, name):
     out = _number(value, name)
     if not 0 < out < 1:
@@ -239,7 +248,7 @@ class SearchConfig:
                               "growing with their distance; soft: MnasNet reward score*(flops/budget)^w; project: "
                               "REWRITE proposals into the band by a walk (the strategy no longer controls what is "
                               "evaluated).", "--budget-mode", type="choice:" + ",".join(BUDGET_MODES))
-    soft_weight: float = option(-0.07, _number, "The exponent w of the soft constraint (MnasNet: -0.07).",
+    soft_weight: float = option(-0.07, _soft_weight, "The exponent w of the soft constraint (MnasNet: -0.07).",
                                 "--soft-weight", type="float")
     strategy: str = option("random", _text, "random, evolution, tpe, ppo or a plugin's.", "--strategy")
     strategy_options: dict[str, Any] = option({}, _mapping, "Keyword arguments for the strategy factory.")

@@ -49,6 +49,8 @@ def check_config(cfg: SearchConfig):
                               "held-out ImageFolder tasks with --downstream DIR for the downstream stage)")
     both = list(dict.fromkeys(cfg.stages + cfg.final_stages))
     configs = check_stages(pm, both, cfg.settings)
+    from metanet.evaluate.candidate import check_stage_data
+    check_stage_data(pm, both, configs, data)
     if not remote:
         from metanet.evaluate.candidate import step_size
         check_image_fits(cfg.proxy_resolution, step_size(pm, both, configs)[0], accelerator=cfg.accelerator)

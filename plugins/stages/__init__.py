@@ -44,11 +44,12 @@ SCHEDULE = {"schedule": Setting("cosine", "learning-rate schedule after warmup",
             "min_lr_ratio": Setting(0.01, "final lr as a fraction of lr (cosine)", ge=0, le=1),
             "clip_grad": Setting(1.0, "gradient-norm clip (0: off)", ge=0),
             "label_smoothing": Setting(0.1, "label smoothing of the cross-entropy", ge=0, lt=1)}
-SOURCES = Setting(None, "upstream sources to train on, a list or comma-separated (null: all)")
+SOURCES = Setting(None, "upstream sources to train on, a list or comma-separated (null: all)", names="sources")
 
 ZERO_COST = {"proxy": Setting("naswot", "training-free score", choices=PROXIES),
              "batch_size": _count(32, "images in the one batch scored"),
-             "source": Setting(None, "upstream source to draw the batch from (null: the first)", type=str)}
+             "source": Setting(None, "upstream source to draw the batch from (null: the first)", type=str,
+                               names="sources")}
 AMATEUR = {**_training(3, 120, 32, 2e-3, "adamw"), "sources": SOURCES,
            "contrastive_weight": _weight(0.5, "weight of the contrastive loss over two views (0: off)"),
            "temperature": _positive(0.2, "NT-Xent temperature"),
@@ -66,7 +67,7 @@ DOWNSTREAM = {"fraction": Setting(0.1, "fraction of each task's training labels 
               "momentum": Setting(0.9, "SGD momentum", ge=0, lt=1),
               "weight_decay": _weight(1e-3, "linear-probe weight decay"),
               "optimizer": Setting("sgd", "linear-probe optimiser", choices=OPTIMIZERS),
-              "tasks": Setting(None, "downstream tasks, a list or comma-separated (null: all)"),
+              "tasks": Setting(None, "downstream tasks, a list or comma-separated (null: all)", names="tasks"),
               "backbone": Setting("generalist,amateur", "the first stage that left weights is adapted"),
               "finetune_steps": _count(0, "steps of full fine-tuning after the probe (0: probe only)", low=0),
               "finetune_lr": _positive(1e-3, "fine-tuning learning rate"),
