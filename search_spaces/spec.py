@@ -145,6 +145,11 @@ class ArchSpec:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ArchSpec":
         try:
+            if os.path.exists(path) and not os.path.isfile(path):  # a device or a pipe: it may never end
+                raise SpecError(f"{path}: not a regular file; a spec is a JSON file")
+            if os.path.getsize(path) > MAX_SPEC_BYTES:
+                raise SpecError(f"{path}: {os.path.getsize(path):,} bytes is too large for a spec (a spec is "
+                                "under 2 KB)")
             with open(path, encoding="utf-8") as fh:
                 text = fh.read()
         except OSError as exc:
@@ -217,6 +222,8 @@ def stage_grids(img_size: int | tuple[int, int]) -> list[tuple[int, int]]:
         grids.append((h, w))
     return grids
 
+
+MAX_SPEC_BYTES = 1 << 20
 
 # Far above any released model (MN-B15, UniNet-B6) and any budget-centred space, low enough that a
 # typo cannot make a build allocate without end: a spec is refused before anything is built.

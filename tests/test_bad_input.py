@@ -81,6 +81,7 @@ def ws(tmp_path_factory):
     (ws / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     (ws / "bigint.json").write_text('{"version": 1, "stem_width": ' + "9" * 6000 + "}")
     (ws / "c_latin1.yaml").write_bytes(b"seed: 1 # caf\xe9\n")
+    (ws / "big.json").write_text(" " * (2 << 20))
     (ws / "c_deep.yaml").write_text("seed: " + "[" * 100_000)
     return ws
 
@@ -110,6 +111,8 @@ SPACE = [
 
 SPECS = [
     (["flops", "latin1.json"], "not UTF-8"),
+    (["flops", "/dev/zero"], "/dev/zero: not a regular file"),  # read as a file, it never ends
+    (["flops", "big.json"], "too large for a spec"),
     (["flops", "deep.json"], "nested too deeply"),
     (["flops", "bigint.json"], "bigint.json"),
     (["build", "deep.json"], "deep.json"),
@@ -175,6 +178,8 @@ EVALUATE = [
      "downstream.fraction"),
     (["evaluate", "metanet_b4", "--stages", "zero-cost", "--score", "zero-cost.score=nan"], "score"),
     (["evaluate", "metanet_b4", "--stages", "zero-cost", "--score", "zero-cost.score=0"], "every weight is 0"),
+    (["evaluate", "metanet_b4", "--stages", "zero-cost", "--score", "zero-cost.score=1,zero-cost.score=2"],
+     "metric 'zero-cost.score' is given twice"),
     (["evaluate", "metanet_b4", "--stages", "zero-cost", "--proxy-resolution", "100000"],
      "proxy_resolution: metanet_b4 at 100,000 px needs at least"),
     (["evaluate", "metanet_b4", "--stages", "amateur", "--proxy-resolution", "6000"], "training step of batch 32"),
@@ -203,6 +208,8 @@ SEARCHES = [
     ([*S, "--band", "0.5,inf"], "band"),
     ([*S, "--band", "0.5"], "band"),
     ([*S, "--band", "1,0.5"], "band"),
+    # a search that screened 5,000 proposals in a row: the run it made is removed, nothing changed
+    ([*S, "--band", "0.9999999,1"], "band: 5,000 proposals in a row fell outside the FLOP band"),
     ([*S, "--trials", "0"], "--trials"),
     ([*S, "--trials", "1.7"], "--trials"),
     ([*S, "--proxy-resolution", "4"], "--proxy-resolution"),
@@ -222,6 +229,8 @@ SEARCHES = [
     ([*S, "--budget-mode", "nope"], "--budget-mode"),
     ([*S, "--soft-weight", "abc"], "--soft-weight"),
     ([*S, "--soft-weight", "1e308"], "soft_weight: expected a number in [-10, 10]"),
+    ([*S, "--seed", "-1"], "seed: expected 0-4294967295, got -1"),
+    ([*S, "--config", "/dev/zero"], "/dev/zero: not a regular file"),
     ([*S, "--set", "zero-cost.source=nope"], "zero-cost.source: data 'digits' has no source 'nope'"),
     (["search", "--stages", "zero-cost,amateur", "--set", "amateur.sources=5", "--out", "new"], "amateur.sources"),
     ([*S, "--space", "nope"], "space"),

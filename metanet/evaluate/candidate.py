@@ -134,6 +134,8 @@ def parse_score(text: str | dict | None) -> dict[str, float] | None:
         name = str(name).strip()
         if not name:
             raise ConfigError(f"score: empty metric name in {text!r}")
+        if name in weights:  # two weights for one metric: which did the user mean?
+            raise ConfigError(f"score: metric {name!r} is given twice in {text!r}")
         try:
             if isinstance(weight, bool):
                 raise TypeError(weight)

@@ -308,7 +308,8 @@ class SearchConfig:
                           "--repeats", type="int>=1")
     resolution: int = option(224, _integer(16), "Deployment resolution at which FLOPs are counted.", "--resolution",
                              type="int>=16")
-    seed: int = option(0, _integer(-2**63), "Random seed.", "--seed", type="int")
+    seed: int = option(0, _integer(0, 2**32 - 1), "Random seed (0 to 2**32-1, as NumPy and NNI's strategies take).",
+                       "--seed", type="int")
     out: str | None = option(None, _optional_text, "Run directory (default: runs/search-<time>).", "--out")
     engine: str = option("sequential", _choice(ENGINES),
                          "sequential: in-process; ts: NNI training service, trials as processes.", "--engine",

@@ -7,9 +7,16 @@ from pathlib import Path
 from typing import Any
 
 
+MAX_BYTES = 16 << 20  # far above any config or machines file; a larger one is not one
+
+
 def load_structured(path: str | os.PathLike, what: str, error: type[Exception]) -> Any:
     """Parse a YAML (default), TOML (``.toml``) or JSON (``.json``) file; failures raise ``error`` naming it."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a device, a pipe or a folder: read as a file it may never end
+        raise error(f"{path}: not a regular file; a {what} is a YAML, TOML or JSON file")
+    if path.is_file() and path.stat().st_size > MAX_BYTES:
+        raise error(f"{path}: {path.stat().st_size:,} bytes is too large for a {what}")
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

@@ -19,13 +19,14 @@ import os
 import re
 import signal
 import socket
+import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 from metanet.budget import format_flops
-from metanet.errors import MetanetError, RunError
+from metanet.errors import ConfigError, MetanetError, RunError
 from metanet.quiet import quiet
 from metanet.runs.store import TrialStore
 
@@ -44,6 +45,20 @@ def screen_penalty(distance: float, rewards: list[float], invalid_score: float) 
         return invalid_score - distance
     spread = (max(rewards) - min(rewards)) or abs(min(rewards)) or 1.0
     return min(rewards) - spread * (0.1 + distance)
+
+
+MISSES = 5000  # proposals in a row outside the band after which the band is taken for too narrow to search
+
+
+class _OwnErrorsSaidOnce(logging.Filter):
+    """NNI logs "Strategy failed to execute." before it re-raises what a strategy raised; for metanet's own
+    one-line errors (raised by its middlewares) the CLI says it, once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not isinstance(sys.exc_info()[1], MetanetError)
+
+
+logging.getLogger("nni.nas.strategy.base").addFilter(_OwnErrorsSaidOnce())
 
 
 def budget_screen(space, budget: int, cfg, store: TrialStore):
@@ -90,8 +105,16 @@ def budget_screen(space, budget: int, cfg, store: TrialStore):
                 if penalty is None:
                     self.flush()
                     self._rewards = None
+                    self._missed = 0
                 else:
                     self._counts["screened"] += 1
+                    self._missed = getattr(self, "_missed", 0) + 1
+                    if self._missed >= MISSES:
+                        self.flush()
+                        lo, hi = cfg.band[0] * budget, cfg.band[1] * budget
+                        raise ConfigError(f"band: {MISSES:,} proposals in a row fell outside the FLOP band "
+                                          f"{lo:,.0f}-{hi:,.0f} of budget {format_flops(budget)}: too narrow for the "
+                                          "strategy to land in; widen --band (default 0.9,1.0)")
                 self.metric_for_invalid = penalty  # what Filter reports for this model, if it filters it
                 super().submit_models(model)
                 self._penalty.pop(id(model))
@@ -429,7 +452,7 @@ def run_experiment(cfg, space, budget: int, trials: int, settings: dict, store: 
 
     logging.getLogger("nni").setLevel(logging.ERROR)
     registered = registry(cfg.plugins).strategy(cfg.strategy)
-    strategy = registered.create(seed=cfg.seed + budget % 9973 + 7919 * seed_offset, **cfg.strategy_options)
+    strategy = registered.create(seed=(cfg.seed + budget % 9973 + 7919 * seed_offset) % 2**32, **cfg.strategy_options)
     if cfg.budget_mode == "project":
         screen = Filter(budget_filter(space, budget, cfg, store), metric_for_invalid=cfg.invalid_score,
                         patience=100000, retain_history=False)
