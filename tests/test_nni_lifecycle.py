@@ -66,14 +66,20 @@ def _after_first_trial(proc, out: Path) -> None:
         time.sleep(0.5)
 
 
-@pytest.mark.slow
-def test_a_manager_that_dies_is_named_within_a_minute_and_the_run_resumes(tmp_path):
+def _signal_the_manager(tmp_path, signum):
+    """A ts search whose NNI manager gets ``signum`` once the first trial has finished: (process, run, port)."""
     out, port = tmp_path / "run", _port()
     proc = _search(out, port)
     _after_first_trial(proc, out)
     pids = _manager_pids(port)
     assert len(pids) == 1
-    os.kill(pids[0], signal.SIGKILL)
+    os.kill(pids[0], signum)
+    return proc, out, port
+
+
+@pytest.mark.slow
+def test_a_manager_that_dies_is_named_within_a_minute_and_the_run_resumes(tmp_path):
+    proc, out, port = _signal_the_manager(tmp_path, signal.SIGKILL)
     killed = time.monotonic()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and time.monotonic() - killed < 60
@@ -109,12 +115,7 @@ def test_a_manager_that_stops_answering_is_named_and_killed(tmp_path):
     """SIGSTOP: the manager keeps its sockets open and answers nothing (a hung process, a swapped-out machine);
     the channel sees no failure, the watchdog's REST check does: exit 1 naming it, the manager killed, the
     finished trials kept."""
-    out, port = tmp_path / "run", _port()
-    proc = _search(out, port)
-    _after_first_trial(proc, out)
-    pids = _manager_pids(port)
-    assert len(pids) == 1
-    os.kill(pids[0], signal.SIGSTOP)
+    proc, out, port = _signal_the_manager(tmp_path, signal.SIGSTOP)
     stopped = time.monotonic()
     try:
         _, err = proc.communicate(timeout=180)
