@@ -130,7 +130,7 @@ class RunDir:
     # What a new search writes before its first trial: a search that fails (or is stopped) before it stored
     # one leaves nothing of itself behind (see :meth:`discard_unstarted`).
     BEFORE_TRIALS = (CONFIG, STORE, f"{STORE}-wal", f"{STORE}-shm", f"{STORE}-journal", "data-cache",
-                     "nni-experiments.jsonl", "summary.txt", "pareto.png", WEIGHTS)
+                     "nni-experiments.jsonl", SUMMARY, PLOT, WEIGHTS)
 
     def discard_unstarted(self, made_folder: bool) -> bool:
         """Remove a new run that stored no trial (its strategy failed to start, NNI did not come up, it was

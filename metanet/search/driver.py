@@ -271,10 +271,10 @@ def gave_up_on(store, row: dict, echo) -> bool:
     more than :data:`RESTARTS` times (counted per architecture and budget; a search stopped by Ctrl-C or SIGTERM
     marks its rows interrupted, which does not count, so only kills and crashes do)."""
     from metanet.runs.store import FAILED, spec_key, where_it_was
-    key = f"restarts:{spec_key(row['spec'])}"
-    restarts = store.counter(row["budget"], key)
     if (row.get("stage") or {}).get("interrupted"):
         return False
+    key = f"restarts:{spec_key(row['spec'])}"
+    restarts = store.counter(row["budget"], key)
     if restarts < RESTARTS:
         store.bump(row["budget"], key)
         return False

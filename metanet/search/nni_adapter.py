@@ -74,6 +74,7 @@ def budget_screen(space, budget: int, cfg, store: TrialStore):
             self._penalty: dict[int, float | None] = {}
             self._rewards: list[float] | None = None  # the trained rewards, re-read after each trial
             self._counts = {"proposals": 0, "screened": 0}  # written to the store once per trial
+            self._missed = 0  # proposals screened since the last one in the band
 
         def penalty(self, model) -> float | None:
             """None for a proposal to train; else a reward below every trained one, lower the farther it is."""
@@ -108,7 +109,7 @@ def budget_screen(space, budget: int, cfg, store: TrialStore):
                     self._missed = 0
                 else:
                     self._counts["screened"] += 1
-                    self._missed = getattr(self, "_missed", 0) + 1
+                    self._missed += 1
                     if self._missed >= MISSES:
                         self.flush()
                         lo, hi = cfg.band[0] * budget, cfg.band[1] * budget

@@ -67,7 +67,7 @@ def rewritten_count(proposed: dict[str, Any] | None, evaluated: dict[str, Any]) 
     return sum(proposed.get(k) != v for k, v in evaluated.items())
 
 
-def _evaluate(spec, s: dict[str, Any], model=None, trial_id: int | None = None,
+def _evaluate(spec, s: dict[str, Any], model=None, trial_id: int | None = None, store=None,
               fidelity: tuple[int, int] | None = None, resume: dict | None = None) -> dict[str, Any]:
     """Run the stages on ``spec``: the outcome as the store records it, and the result (None if it failed
     before the stages ran)."""
@@ -78,10 +78,8 @@ def _evaluate(spec, s: dict[str, Any], model=None, trial_id: int | None = None,
     from metanet.evaluate import candidate
     start = time.perf_counter()
     result, data_info, repro = None, None, None
-    if trial_id is not None and s.get("run_dir"):  # the row says which stage it is in, should the process die there
-        from metanet.runs.store import TrialStore
-        progress = TrialStore(os.path.join(s["run_dir"], "trials.sqlite"))
-        candidate.STAGE_PROGRESS = lambda stage, plugin: progress.set_stage(trial_id, stage, plugin)
+    if trial_id is not None and store is not None:  # the row says which stage it is in, should the process die there
+        candidate.STAGE_PROGRESS = lambda stage, plugin: store.set_stage(trial_id, stage, plugin)
     try:
         pm = registry(s["plugins"])
         before = decoded.decoded_images
@@ -165,7 +163,7 @@ def evaluate_spec(spec, s: dict[str, Any], proposal: dict | None = None,
     if s.get("fidelity"):
         reward, outcome = _ladder(run, trial_id, spec, s, est.flops, model, bracket)
     else:
-        outcome = _evaluate(spec, s, model, trial_id)
+        outcome = _evaluate(spec, s, model, trial_id, store)
         reward = _reward(outcome, est.flops, s)
         commit_trial(run, trial_id, outcome, reward, s)
     row = {"id": trial_id, "status": outcome["status"], "score": outcome["score"], "reward": reward,
@@ -242,7 +240,7 @@ def run_rung(run, trial_id: int, spec, s: dict[str, Any], k: int, flops: int, mo
     from metanet import fidelity
     ladder = fidelity.ladder_of(s)
     steps = ladder.rungs[k]
-    outcome = _evaluate(spec, s, model, trial_id, fidelity=(steps, ladder.max_steps), resume=resume)
+    outcome = _evaluate(spec, s, model, trial_id, run.store, fidelity=(steps, ladder.max_steps), resume=resume)
     continued = resume is not None and k > 0
     entry = {"rung": k, "steps": steps, "trained": steps - (ladder.rungs[k - 1] if continued else 0),
              "score": outcome["score"], "test_score": outcome["test_score"],
@@ -296,7 +294,7 @@ def repair_weights(run, row: dict[str, Any], s: dict[str, Any]) -> bool:
     if s.get("fidelity") and row.get("rungs"):  # trained straight to its highest rung: the same weights
         done = [r for r in row["rungs"] if r.get("score") is not None]
         fidelity = (done[-1]["steps"], s["fidelity"]["max"]) if done else None
-    outcome = _evaluate(ArchSpec.from_dict(row["spec"]), s, trial_id=row["id"], fidelity=fidelity)
+    outcome = _evaluate(ArchSpec.from_dict(row["spec"]), s, trial_id=row["id"], store=run.store, fidelity=fidelity)
     result = outcome["result"]
     if outcome["status"] == OK and result is not None and result.backbone_stage:
         run.save_weights(row["id"], result.backbone_weights, result.backbone_stage, s["proxy_resolution"])
